@@ -1,0 +1,1 @@
+"""The ACPO recipe for verl 0.9.1."""
