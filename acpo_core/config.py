@@ -124,13 +124,21 @@ class AttributionConfig:
             "must contain the placeholder '{answer}'",
             self.answer_template,
         )
+        sentinel = "\x00answer\x00"
         try:
-            self.answer_template.format(answer="0")
+            rendered = self.answer_template.format(answer=sentinel)
         except (IndexError, KeyError, ValueError) as err:
             raise ACPOConfigError(
                 f"acpo.{prefix}.answer_template = {self.answer_template!r}: not a valid format string ({err}); "
                 "write literal braces as '{{' and '}}'"
             ) from err
+        # '{{answer}}' contains the text '{answer}' but renders it literally: the answer must really be inserted.
+        _require(
+            sentinel in rendered,
+            f"{prefix}.answer_template",
+            "must insert the answer through '{answer}' (literal braces are written '{{' and '}}')",
+            self.answer_template,
+        )
         _check_int(self, prefix, "micro_batch_size", 1)
 
 
