@@ -37,7 +37,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["acpo_core", "acpo_core.*", "recipe", "recipe.*", "data_prep", "data_prep.*"]),
-    package_data={"recipe.acpo": ["config/*.yaml"]},
+    package_data={"recipe.acpo": ["config/*.yaml", "config/*/*.yaml"]},
     include_package_data=True,
     install_requires=RUNTIME_REQUIRES,
     extras_require={

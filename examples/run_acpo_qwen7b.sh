@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# ACPO on Qwen2.5-Math-7B with DAPO-Math-17k, the paper's setup, on one 8-GPU node (FSDP + vLLM):
+#   check data -> Stage 1 (KL-free exploration, difficulty-aware sampling) -> merge the last Stage-1 checkpoint
+#   -> Stage 2 (K3 KL to the Stage-1 policy, confidence-weighted tokens) -> merge -> Acc@8 on the benchmarks.
+#
+# Usage: bash examples/run_acpo_qwen7b.sh [--dry-run] [hydra overrides applied to both stages...]
+# Every setting of examples/common_qwen7b.sh (shared with the GRPO baseline) comes from the environment, e.g.
+#   MODEL_PATH=/models/Qwen2.5-Math-7B STAGE1_STEPS=300 bash examples/run_acpo_qwen7b.sh trainer.logger=[console]
+# Prepare the data first (see README):
+#   python -m data_prep.dapo17k --input /data/dapo-math-17k.parquet --output-dir "$DATA_DIR" --val-size 512 --seed 0
+#   python -m data_prep.benchmarks --name aime2024 --input ... --output "$DATA_DIR/aime2024.parquet" (etc.)
+# Compare with: bash examples/run_grpo_qwen7b.sh (same data, model, step budget and evaluation).
+set -euo pipefail
+
+DRY_RUN=0
+if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then sed -n '2,12p' "$0"; exit 0; fi
+# shellcheck source=examples/common_qwen7b.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common_qwen7b.sh"
+
+EXPERIMENT=${EXPERIMENT:-acpo_qwen2.5_math_7b}
+OUT_DIR=${OUT_DIR:-$RUNS_DIR/$EXPERIMENT}
+STAGE1_DIR=$OUT_DIR/stage1
+STAGE2_DIR=$OUT_DIR/stage2
+MERGED_STAGE1=$OUT_DIR/stage1_merged_hf
+MERGED_STAGE2=$OUT_DIR/stage2_merged_hf
+
+# 1. The data: every file is checked before any GPU is asked for.
+run python -m data_prep.check "$TRAIN_FILE" "$VAL_FILE" "${BENCH_FILES[@]}"
+
+# 2. Stage 1: KL-free exploration with the difficulty-aware curriculum.
+run python -m recipe.acpo.main_acpo --config-name acpo_stage1 \
+    "${COMMON[@]}" \
+    actor_rollout_ref.model.path="$MODEL_PATH" \
+    trainer.experiment_name="${EXPERIMENT}_stage1" \
+    trainer.default_local_dir="$STAGE1_DIR" \
+    trainer.total_training_steps="$STAGE1_STEPS" \
+    "$@"
+
+# 3. The last Stage-1 checkpoint as a Hugging Face folder: Stage 2's start and its KL reference.
+run python -m recipe.acpo.merge --checkpoint-dir "$STAGE1_DIR" --target-dir "$MERGED_STAGE1"
+
+# 4. Stage 2: convergence with the K3 KL to the Stage-1 policy and confidence-weighted tokens.
+run python -m recipe.acpo.main_acpo --config-name acpo_stage2 \
+    "${COMMON[@]}" \
+    actor_rollout_ref.model.path="$MERGED_STAGE1" \
+    trainer.experiment_name="${EXPERIMENT}_stage2" \
+    trainer.default_local_dir="$STAGE2_DIR" \
+    trainer.total_training_steps="$STAGE2_STEPS" \
+    "$@"
+run python -m recipe.acpo.merge --checkpoint-dir "$STAGE2_DIR" --target-dir "$MERGED_STAGE2"
+
+# 5. Acc@k on the benchmarks (one row per benchmark and the average; markdown + JSON under $OUT_DIR/eval).
+run python -m recipe.acpo.evaluate --model "$MERGED_STAGE2" --output-dir "$OUT_DIR/eval" \
+    --name "${EXPERIMENT}_eval" "${EVAL_ARGS[@]}"

@@ -1,0 +1,58 @@
+"""The ``acpo`` advantage estimator: how a verl config selects ACPO (``algorithm.adv_estimator=acpo``).
+
+A verl advantage estimator only sees ``token_level_rewards``, ``response_mask``, ``index`` (the prompt uid) and the
+``algorithm`` config section: it cannot see entropies or step attributions. So the registered function computes the
+outcome baseline A_base of spec §1 with verl's own ``compute_grpo_outcome_advantage`` (honouring
+``algorithm.norm_adv_by_std_in_grpo``, which verl's registry path does not forward), and
+:class:`recipe.acpo.acpo_trainer.ACPOTrainer` overlays the attributed, per-token advantage of spec §4-5 on top of it.
+
+Selecting ``acpo`` with verl's plain trainer would silently train GRPO; ``recipe.acpo.main_acpo`` always builds
+``ACPOTrainer`` for this estimator, and ``ACPOTrainer`` refuses any other estimator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from verl.trainer.ppo import core_algos
+
+ACPO_ADV_ESTIMATOR = "acpo"
+
+__all__ = ["ACPO_ADV_ESTIMATOR", "compute_acpo_outcome_advantage"]
+
+
+@core_algos.register_adv_est(ACPO_ADV_ESTIMATOR)
+def compute_acpo_outcome_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    index: np.ndarray,
+    epsilon: float = 1e-6,
+    config: Any = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spec §1: A_base,j = (r_j - mean_g r) / (std_g r + eps) on every valid token, by verl's GRPO function.
+
+    Args:
+        token_level_rewards: ``[B, T]`` rewards (verl puts the outcome score on the last valid token).
+        response_mask: ``[B, T]`` 1 on valid response tokens.
+        index: ``B`` prompt uids; responses with the same uid form a group.
+        epsilon: added to the group standard deviation.
+        config: the ``algorithm`` section; ``norm_adv_by_std_in_grpo`` (default true) selects GRPO or Dr.GRPO.
+        **kwargs: other estimator inputs verl may pass (ignored).
+
+    Returns:
+        ``(advantages, returns)``, both ``[B, T]``: exactly verl's GRPO advantages for the same batch.
+    """
+    if index is None:
+        raise ValueError("the acpo advantage estimator needs the prompt uids (index) to form GRPO groups")
+    norm_adv_by_std_in_grpo = True if config is None else bool(config.get("norm_adv_by_std_in_grpo", True))
+    return core_algos.compute_grpo_outcome_advantage(
+        token_level_rewards=token_level_rewards,
+        response_mask=response_mask,
+        index=index,
+        epsilon=epsilon,
+        norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo,
+        config=config,
+    )

@@ -1,0 +1,93 @@
+"""Spec §6, Stage 1: a single-turn agent loop that samples part of a hard prompt's group at a higher temperature.
+
+verl 0.9.1's V1 trainer hands every field of the submitted batch to the agent loop of each request
+(``AgentLoopWorkerTQ._run_prompt`` -> ``_run_agent_loop(..., session_id=i, **prompt)`` -> ``run(sampling_params,
+**kwargs)``), and the inference server builds its sampling parameters per request (vLLM: ``SamplingParams(**params)``
+in ``vLLMHttpServer.generate``; the recipe's CPU rollout likewise). So the trainer decides, per prompt, how many of
+its ``rollout.n`` requests run hot (:class:`recipe.acpo.curriculum.CurriculumMixin` attaches the fields below before
+the batch is submitted), and this loop only applies that decision:
+
+- ``acpo_hot_samples`` (int, per prompt): requests with ``session_id < acpo_hot_samples`` are sampled at
+  ``acpo_hot_temperature``; the others keep the rollout's own sampling parameters untouched;
+- ``acpo_hot_temperature`` (float): the hot temperature (``acpo.curriculum.hard_temperature``).
+
+A batch without these fields (validation, Stage 2, a trainer without the curriculum) samples exactly like verl's
+``single_turn_agent``. Every output records the temperature its request was sampled at in
+``extra_fields["acpo_temperature"]``, which the trainer reads back to count hot requests.
+
+Select it with ``actor_rollout_ref.rollout.agent.default_agent_loop=acpo_curriculum`` and make it known to verl's
+agent-loop workers (separate Ray processes) with
+``actor_rollout_ref.rollout.agent.agent_loop_config_path=recipe/acpo/config/agent_loops.yaml``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, register
+from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
+
+__all__ = [
+    "AGENT_LOOP_NAME",
+    "HOT_SAMPLES_KEY",
+    "HOT_TEMPERATURE_KEY",
+    "TEMPERATURE_KEY",
+    "CurriculumAgentLoop",
+    "request_temperature",
+]
+
+AGENT_LOOP_NAME = "acpo_curriculum"
+# Per-prompt fields the trainer attaches to the batch it submits for rollout.
+HOT_SAMPLES_KEY = "acpo_hot_samples"
+HOT_TEMPERATURE_KEY = "acpo_hot_temperature"
+# Key under AgentLoopOutput.extra_fields (stored with each trajectory) holding the temperature actually requested.
+TEMPERATURE_KEY = "acpo_temperature"
+
+
+def request_temperature(
+    base_temperature: float, session_id: int | None, hot_samples: int, hot_temperature: float | None
+) -> float:
+    """The temperature of one request: hot for the first ``hot_samples`` requests of the group (spec §6).
+
+    Args:
+        base_temperature: the rollout temperature verl put in the request's sampling parameters.
+        session_id: the request's position in its group, 0..n-1 (verl's V1 ``session_id``); may be None only when
+            no request of the prompt runs hot.
+        hot_samples: how many requests of the group run hot (0 for a normal prompt).
+        hot_temperature: the hot temperature; required when ``hot_samples > 0``.
+
+    Returns:
+        ``hot_temperature`` when ``session_id < hot_samples``, else ``base_temperature``.
+    """
+    if hot_samples <= 0:
+        return base_temperature
+    if session_id is None:
+        raise ValueError(
+            f"{HOT_SAMPLES_KEY}={hot_samples} needs the request's position in its group (session_id), which verl "
+            "passes only on the V1 (TransferQueue) rollout path: set trainer.use_v1=True"
+        )
+    if hot_temperature is None or not hot_temperature > 0:
+        raise ValueError(
+            f"{HOT_SAMPLES_KEY}={hot_samples} needs a positive {HOT_TEMPERATURE_KEY}, got {hot_temperature!r}"
+        )
+    return float(hot_temperature) if session_id < hot_samples else base_temperature
+
+
+@register(AGENT_LOOP_NAME)
+class CurriculumAgentLoop(SingleTurnAgentLoop):
+    """verl's single-turn loop with a per-request temperature chosen by :func:`request_temperature`."""
+
+    async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
+        base_temperature = float(sampling_params["temperature"])
+        session_id = kwargs.get("session_id")
+        temperature = request_temperature(
+            base_temperature,
+            session_id=None if session_id is None else int(session_id),
+            hot_samples=int(kwargs.get(HOT_SAMPLES_KEY) or 0),
+            hot_temperature=kwargs.get(HOT_TEMPERATURE_KEY),
+        )
+        # The dict is shared by every request of the group: copy it rather than change the siblings' temperature.
+        request_params = dict(sampling_params, temperature=temperature)
+        output = await super().run(request_params, **kwargs)
+        output.extra_fields[TEMPERATURE_KEY] = temperature
+        return output

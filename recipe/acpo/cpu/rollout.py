@@ -1,0 +1,409 @@
+"""The CPU rollout backend for verl 0.9.1: a generation server, its replica and the trainer-side adapter.
+
+verl 0.9.1 serves rollouts from LLM servers only (vLLM, SGLang, TensorRT-LLM). This backend plugs the same three
+roles into verl's registries under the name ``cpu`` (``actor_rollout_ref.rollout.name=cpu``):
+
+- ``CPURolloutServer``: a Ray actor holding an fp32 copy of the policy. ``generate`` is token-in/token-out with
+  per-request sampling parameters and per-token log-probs; requests that are pending together are decoded as
+  one left-padded batch (``recipe.acpo.cpu.generation``).
+- ``CPURolloutReplica``: the ``RolloutReplica`` that launches one server per trainer worker, next to it
+  (``RolloutReplicaRegistry``, used by ``LLMServerManager`` in the trainer process).
+- ``CPUServerAdapter``: the ``BaseRollout`` living in the trainer worker (``verl.workers.rollout.base``'s rollout
+  registry): after every step verl's checkpoint manager calls its ``update_weights`` with the trainer's
+  parameters, which it ships to the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import AsyncIterable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+import torch
+from verl.utils.config import omega_conf_to_dataclass
+from verl.workers.config import HFModelConfig, RolloutConfig
+from verl.workers.rollout.base import BaseRollout
+from verl.workers.rollout.replica import RolloutReplica, TokenOutput
+
+from recipe.acpo.cpu.generation import GenerationResult, SamplingSpec, generate_batch, sampling_spec_from_params
+
+logger = logging.getLogger(__name__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
+
+ROLLOUT_NAME = "cpu"
+SERVER_NAME_PREFIX = "acpo_cpu_server"
+
+
+@dataclass(frozen=True)
+class CPUEngineOptions:
+    """``actor_rollout_ref.rollout.engine_kwargs.cpu``: knobs of the CPU generation server.
+
+    Attributes:
+        num_threads: torch intra-op threads of the server (``None``: all cores; Ray would otherwise give an actor
+            with no CPU reservation a single thread).
+        batch_wait_ms: after the first request of a batch arrives, how long to wait for more before decoding.
+            verl's agent loops send a step's requests in one burst, so a few milliseconds gather all of them.
+        max_batch_wait_ms: upper bound on the total gathering time while requests keep arriving.
+    """
+
+    num_threads: int | None = None
+    batch_wait_ms: float = 5.0
+    max_batch_wait_ms: float = 50.0
+
+    @classmethod
+    def from_rollout_config(cls, config: RolloutConfig) -> CPUEngineOptions:
+        raw = dict((config.engine_kwargs or {}).get(ROLLOUT_NAME) or {})
+        unknown = sorted(set(raw) - {"num_threads", "batch_wait_ms", "max_batch_wait_ms"})
+        if unknown:
+            raise ValueError(f"unknown key(s) under actor_rollout_ref.rollout.engine_kwargs.cpu: {unknown}")
+        return cls(**raw)
+
+
+@dataclass
+class _PendingRequest:
+    request_id: str
+    prompt_ids: list[int]
+    spec: SamplingSpec
+    future: asyncio.Future = field(repr=False)
+
+
+def _eos_token_ids(model_config: HFModelConfig) -> set[int]:
+    """Every token that ends a response: the generation config's eos ids (int or list) and the tokenizer's."""
+    ids: set[int] = set()
+    generation_eos = getattr(model_config.generation_config, "eos_token_id", None)
+    if generation_eos is not None:
+        ids.update(generation_eos if isinstance(generation_eos, list | tuple) else [generation_eos])
+    tokenizer_eos = getattr(model_config.tokenizer, "eos_token_id", None)
+    if tokenizer_eos is not None:
+        ids.add(int(tokenizer_eos))
+    if not ids:
+        raise ValueError(f"the model at {model_config.path} declares no eos token: generation could never stop")
+    return {int(i) for i in ids}
+
+
+def _pad_token_id(model_config: HFModelConfig, eos_ids: set[int]) -> int:
+    pad = getattr(model_config.tokenizer, "pad_token_id", None)
+    return int(pad) if pad is not None else min(eos_ids)
+
+
+class CPURolloutServer:
+    """Token-in/token-out generation on the CPU for one rollout replica (a Ray actor, created by the replica).
+
+    Weights arrive from the trainer through ``load_weights`` (the adapter calls it after every step); until then a
+    server built with ``load_format=dummy`` refuses to generate instead of sampling from random weights.
+    """
+
+    def __init__(
+        self,
+        config: RolloutConfig,
+        model_config: Any,
+        replica_rank: int = 0,
+        model: torch.nn.Module | None = None,
+    ) -> None:
+        from transformers import AutoModelForCausalLM
+
+        self.config: RolloutConfig = omega_conf_to_dataclass(config, dataclass_type=RolloutConfig)
+        self.model_config: HFModelConfig = (
+            model_config
+            if isinstance(model_config, HFModelConfig)
+            else omega_conf_to_dataclass(model_config, dataclass_type=HFModelConfig)
+        )
+        self.replica_rank = replica_rank
+        self.options = CPUEngineOptions.from_rollout_config(self.config)
+        torch.set_num_threads(self.options.num_threads or os.cpu_count() or 1)
+
+        hf_config = self.model_config.hf_config
+        # flash-attn does not run on the CPU: keep eager if asked for, else torch's SDPA.
+        attention = "eager" if getattr(hf_config, "_attn_implementation", None) == "eager" else "sdpa"
+        if model is not None:
+            self.model = model
+            self.has_weights = True
+        elif self.config.load_format == "dummy":
+            # verl's hybrid engines start from dummy weights: the trainer sends the real ones before any rollout.
+            self.model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32, attn_implementation=attention)
+            self.has_weights = False
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(
+                self.model_config.local_path, config=hf_config, dtype=torch.float32, attn_implementation=attention
+            )
+            self.has_weights = True
+        self.model.eval()
+        self.eos_token_ids = _eos_token_ids(self.model_config)
+        self.pad_token_id = _pad_token_id(self.model_config, self.eos_token_ids)
+        self.max_model_len = self.config.max_model_len or (self.config.prompt_length + self.config.response_length)
+        self.generator = torch.Generator().manual_seed(self.config.seed + replica_rank)
+
+        self.global_steps: int | None = None
+        self.awake = True
+        self.weight_updates = 0
+        self.batch_sizes: list[int] = []
+        self._pending: list[_PendingRequest] = []
+        self._batcher: asyncio.Task | None = None
+        self._model_lock: asyncio.Lock | None = None
+
+    # ------------------------------------------------------------------ generation
+
+    async def generate(
+        self,
+        prompt_ids: list[int],
+        sampling_params: dict[str, Any],
+        request_id: str,
+        image_data: Any = None,
+        video_data: Any = None,
+        audio_data: Any = None,
+        mm_processor_kwargs: dict[str, Any] | None = None,
+        priority: int = 0,
+    ) -> TokenOutput:
+        """Generate one response; concurrent calls are batched together. Same contract as vLLM's server."""
+        if image_data is not None or video_data is not None or audio_data is not None:
+            raise NotImplementedError("the CPU rollout serves text-only models (got image, video or audio data)")
+        if not self.has_weights:
+            raise RuntimeError("CPU rollout server has no weights yet: the trainer has not called update_weights")
+        prompt_ids = [int(t) for t in prompt_ids]
+        room = self.max_model_len - len(prompt_ids)
+        if room < 1:
+            raise ValueError(
+                f"request {request_id}: prompt of {len(prompt_ids)} tokens leaves no room to generate within "
+                f"max_model_len={self.max_model_len}"
+            )
+        params = dict(sampling_params)
+        want_log_probs = bool(params.get("logprobs", False))
+        default_max_tokens = min(
+            self.config.response_length, self.config.prompt_length + self.config.response_length - len(prompt_ids)
+        )
+        spec = sampling_spec_from_params(params, default_max_tokens=max(1, default_max_tokens))
+        if spec.max_tokens > room:
+            spec = dataclasses.replace(spec, max_tokens=room)
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(_PendingRequest(request_id, prompt_ids, spec, future))
+        if self._batcher is None or self._batcher.done():
+            self._batcher = asyncio.create_task(self._run_batches())
+        result: GenerationResult | None = await future
+        extra_fields: dict[str, Any] = {"global_steps": self.global_steps}
+        if result is None:
+            return TokenOutput(token_ids=[], log_probs=None, stop_reason="aborted", extra_fields=extra_fields)
+        return TokenOutput(
+            token_ids=result.token_ids,
+            log_probs=result.log_probs if want_log_probs else None,
+            stop_reason="completed",
+            num_preempted=0,
+            extra_fields=extra_fields,
+        )
+
+    def _lock(self) -> asyncio.Lock:
+        if self._model_lock is None:
+            self._model_lock = asyncio.Lock()
+        return self._model_lock
+
+    async def _gather_burst(self) -> None:
+        """Wait while requests keep arriving (at most ``max_batch_wait_ms``), so one burst becomes one batch."""
+        wait_s = self.options.batch_wait_ms / 1000.0
+        deadline = time.monotonic() + self.options.max_batch_wait_ms / 1000.0
+        seen = -1
+        while len(self._pending) != seen and len(self._pending) < self.config.max_num_seqs:
+            seen = len(self._pending)
+            if time.monotonic() + wait_s > deadline:
+                break
+            await asyncio.sleep(wait_s)
+
+    async def _run_batches(self) -> None:
+        while self._pending:
+            await self._gather_burst()
+            batch = self._pending[: self.config.max_num_seqs]
+            del self._pending[: len(batch)]
+            try:
+                async with self._lock():
+                    results = await asyncio.to_thread(
+                        generate_batch,
+                        self.model,
+                        [r.prompt_ids for r in batch],
+                        [r.spec for r in batch],
+                        self.eos_token_ids,
+                        self.pad_token_id,
+                        self.generator,
+                    )
+                self.batch_sizes.append(len(batch))
+            except Exception as err:  # every caller must hear about the failure, not hang
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(err)
+                continue
+            for request, result in zip(batch, results):
+                if not request.future.done():
+                    request.future.set_result(result)
+
+    # ------------------------------------------------------------------ weights
+
+    async def load_weights(self, named_tensors: dict[str, torch.Tensor], global_steps: int | None = None) -> int:
+        """Copy the trainer's parameters (Hugging Face names) into the served model; returns how many were set.
+
+        Unknown names fail loudly; parameters tied to one that was sent (the LM head of a tied embedding) may be
+        omitted. Waits for the batch being decoded, so no response mixes two policies.
+        """
+        # Tied parameters (the LM head of a tied embedding) appear under both names; either one sets them.
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        unknown = sorted(set(named_tensors) - set(params))
+        if unknown:
+            raise KeyError(f"CPU rollout received weights the served model does not have: {unknown[:5]}")
+        sent = {id(params[name]) for name in named_tensors}
+        unset = sorted(name for name, param in params.items() if id(param) not in sent)
+        if unset:
+            raise KeyError(f"CPU rollout update would leave parameters unset: {unset[:5]}")
+        for name, tensor in named_tensors.items():
+            if params[name].shape != tensor.shape:
+                raise ValueError(
+                    f"weight {name}: served shape {tuple(params[name].shape)}, received {tuple(tensor.shape)}"
+                )
+        async with self._lock():
+            with torch.no_grad():
+                for name, tensor in named_tensors.items():
+                    params[name].copy_(tensor.to(dtype=params[name].dtype))
+        self.has_weights = True
+        self.weight_updates += 1
+        if global_steps is not None:
+            self.global_steps = global_steps
+        return len(named_tensors)
+
+    # ------------------------------------------------------------------ verl's server control surface
+
+    async def wake_up(self, tags: list[str] | None = None) -> None:
+        self.awake = True
+
+    async def sleep(self) -> None:
+        # Host memory is not reclaimed between steps: the weights stay for the next update to overwrite.
+        self.awake = False
+
+    async def clear_kv_cache(self) -> None:
+        return None  # the KV cache lives only for the duration of one batch
+
+    async def release_kv_cache(self) -> None:
+        return None
+
+    async def resume_kv_cache(self) -> None:
+        return None
+
+    async def set_global_steps(self, global_steps: int) -> None:
+        self.global_steps = global_steps
+
+    async def wait_for_requests_to_drain(self) -> None:
+        while self._pending or (self._batcher is not None and not self._batcher.done()):
+            await asyncio.sleep(0.01)
+
+    async def abort_all_requests(self, reset_prefix_cache: bool = True, reject_request: bool = False) -> dict:
+        """Answer every request that has not started decoding with ``stop_reason='aborted'``."""
+        aborted = [r for r in self._pending if not r.future.done()]
+        self._pending.clear()
+        for request in aborted:
+            request.future.set_result(None)
+        return {"aborted_count": len(aborted), "request_ids": [r.request_id for r in aborted]}
+
+    async def resume_generation(self) -> None:
+        return None
+
+    async def start_profile(self, **kwargs: Any) -> None:
+        return None
+
+    async def stop_profile(self) -> None:
+        return None
+
+    async def get_stats(self) -> dict[str, Any]:
+        """Counters for tests and benchmarks: batch sizes decoded, weight updates received, awake state."""
+        return {
+            "batch_sizes": list(self.batch_sizes),
+            "weight_updates": self.weight_updates,
+            "global_steps": self.global_steps,
+            "awake": self.awake,
+        }
+
+
+def server_actor_name(replica_rank: int, name_suffix: str = "") -> str:
+    return f"{SERVER_NAME_PREFIX}_{replica_rank}{name_suffix}"
+
+
+class CPURolloutReplica(RolloutReplica):
+    """One CPU generation server per replica; a replica spans exactly one trainer worker (tp = dp = pp = 1)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.world_size != 1:
+            raise ValueError(
+                "the CPU rollout runs one server per trainer worker: set actor_rollout_ref.rollout."
+                "tensor_model_parallel_size=1, data_parallel_size=1 and pipeline_model_parallel_size=1 "
+                f"(world size {self.world_size})"
+            )
+
+    def rollout_worker_use_gpu(self) -> bool:
+        return False
+
+    async def launch_servers(self) -> None:
+        options: dict[str, Any] = {
+            "name": server_actor_name(self.replica_rank, self.name_suffix),
+            "max_concurrency": self.max_concurrency,
+            # The server computes only while the trainer worker waits on it: reserving a core would deadlock small
+            # machines without making anything faster.
+            "num_cpus": 0,
+        }
+        if self.workers:
+            node_id = await self.workers[0].__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
+            options["scheduling_strategy"] = ray.util.scheduling_strategies.NodeAffinitySchedulingStrategy(
+                node_id=node_id, soft=False
+            )
+        server = (
+            ray.remote(CPURolloutServer)
+            .options(**options)
+            .remote(config=self.config, model_config=self.model_config, replica_rank=self.replica_rank)
+        )
+        await server.__ray_ready__.remote()
+        self.servers = [server]
+        self._server_handle = server
+        self._server_address = options["name"]
+
+
+class CPUServerAdapter(BaseRollout):
+    """The trainer worker's handle on its CPU generation server: wake/sleep and weight updates."""
+
+    def __init__(self, config: RolloutConfig, model_config: HFModelConfig, device_mesh: Any, replica_rank: int = -1):
+        super().__init__(config, model_config, device_mesh)
+        rank = int(os.environ.get("RANK", "0"))
+        self.replica_rank = rank if replica_rank == -1 else replica_rank
+        self.server_handle: ray.actor.ActorHandle | None = None
+
+    def _server(self) -> ray.actor.ActorHandle:
+        # The server is launched after the trainer worker, so look it up on first use.
+        if self.server_handle is None:
+            self.server_handle = ray.get_actor(server_actor_name(self.replica_rank))
+        return self.server_handle
+
+    async def resume(self, tags: list[str]) -> None:
+        await self._server().wake_up.remote(tags=tags)
+
+    async def release(self) -> None:
+        await self._server().sleep.remote()
+
+    async def update_weights(
+        self,
+        weights: Iterable[tuple[str, torch.Tensor]] | AsyncIterable[tuple[str, torch.Tensor]],
+        global_steps: int | None = None,
+        wire_format: str = "named_tensors",
+        peft_config: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if wire_format != "named_tensors":
+            raise NotImplementedError(f"the CPU rollout receives full tensors only, not wire_format={wire_format!r}")
+        if peft_config is not None:
+            raise NotImplementedError("the CPU rollout does not serve LoRA adapters: set model.lora.merge=True")
+        # The generator may run collectives (FSDP all-gathers), so every rank consumes it in full.
+        named_tensors: dict[str, torch.Tensor] = {}
+        if isinstance(weights, AsyncIterable):
+            async for name, tensor in weights:
+                named_tensors[name] = tensor.detach().to("cpu").clone()
+        else:
+            for name, tensor in weights:
+                named_tensors[name] = tensor.detach().to("cpu").clone()
+        await self._server().load_weights.remote(named_tensors, global_steps)

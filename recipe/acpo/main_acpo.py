@@ -1,0 +1,396 @@
+"""The ACPO recipe's entry point: ``python -m recipe.acpo.main_acpo [--config-name NAME] key=value ...``.
+
+Configs live in ``recipe/acpo/config`` (``acpo_trainer``: verl's ``ppo_trainer`` + the ``acpo:`` block; ``acpo_cpu``:
+the CPU preset). Before Ray starts, the run is checked and stops with a message naming the file or key at fault:
+
+- the ``acpo:`` block (``acpo_core.config.ACPOConfig``);
+- the train and validation parquets (``data_prep.schema.check_data_files``: missing file, no ``prompt``, no
+  ``reward_model.ground_truth``, unparsable answers ...);
+- the model path (a local Hugging Face folder, or a hub id unless ``HF_HUB_OFFLINE`` is set);
+- ``trainer.device=cpu`` without the CPU preset, or the CPU rollout on a GPU run;
+- the reward manager (imported here once, so a typo fails now rather than in a Ray worker).
+
+Ray is then started (its temporary folder is ``ray_kwargs.ray_init._temp_dir``), every worker importing the CPU plugin
+when ``trainer.device=cpu`` (``VERL_USE_EXTERNAL_MODULES`` / ``VERL_PLATFORM`` in the runtime environment), and shut
+down at the end, on an error and on Ctrl-C or SIGTERM, so that no process is left behind.
+
+``ACPOTaskRunner`` mirrors verl's ``TaskRunnerV1.run``; ``get_trainer_class`` is the single place that picks the
+trainer class it builds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from pprint import pprint
+from typing import Any
+
+import hydra
+import ray
+from hydra.core.config_search_path import ConfigSearchPath
+from hydra.core.plugins import Plugins
+from hydra.plugins.search_path_plugin import SearchPathPlugin
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from acpo_core.config import ACPOConfig, ACPOConfigError
+
+RECIPE_ROOT = Path(__file__).resolve().parents[2]
+CPU_PRESET = "acpo_cpu"
+VERL_CONFIG_SEARCH_PATH = "pkg://verl.trainer.config"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+class SetupError(ValueError):
+    """The run cannot start: the message names the file or config key at fault."""
+
+
+class VerlConfigSearchPath(SearchPathPlugin):
+    """Puts verl's packaged trainer configs on Hydra's search path, so the recipe's configs can build on them.
+
+    ``hydra.searchpath`` in a YAML file is honoured only in the primary config, which would forbid one recipe config
+    (the CPU preset) from including another; a registered plugin applies to every config this entry point loads.
+    """
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        search_path.append(provider="verl", path=VERL_CONFIG_SEARCH_PATH)
+
+
+Plugins.instance().register(VerlConfigSearchPath)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checks before Ray starts
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def check_acpo_block(config: DictConfig) -> ACPOConfig:
+    """The validated ``acpo:`` block (spec defaults for missing keys)."""
+    block = config.get("acpo")
+    try:
+        # A plain container: ACPOConfig.from_dict treats a DictConfig as a mapping and would keep nested ListConfigs.
+        return ACPOConfig.from_dict(OmegaConf.to_container(block, resolve=True) if block is not None else None)
+    except ACPOConfigError as err:
+        raise SetupError(str(err)) from err
+
+
+def _as_paths(value: Any, key: str) -> list[str]:
+    if value is None:
+        raise SetupError(f"{key} is not set: give one parquet file or a list of them")
+    paths = list(value) if isinstance(value, ListConfig | list | tuple) else [value]
+    if not paths:
+        raise SetupError(f"{key} is empty: give one parquet file or a list of them")
+    return [os.path.expanduser(str(path)) for path in paths]
+
+
+def check_data_files(config: DictConfig) -> None:
+    """Every train and validation parquet exists and is in verl's schema with a parsable ground truth per row."""
+    from data_prep.schema import DataError
+    from data_prep.schema import check_data_files as check_files
+
+    paths = _as_paths(config.data.train_files, "data.train_files") + _as_paths(config.data.val_files, "data.val_files")
+    try:
+        check_files(paths)
+    except DataError as err:
+        raise SetupError(str(err)) from err
+
+
+def check_model_path(config: DictConfig) -> None:
+    """``actor_rollout_ref.model.path`` is a Hugging Face folder (``config.json`` and tokenizer files) or a hub id."""
+    key = "actor_rollout_ref.model.path"
+    raw = config.actor_rollout_ref.model.get("path")
+    if not raw:
+        raise SetupError(f"{key} is not set")
+    path = Path(os.path.expanduser(str(raw)))
+    if path.exists():
+        if not path.is_dir():
+            raise SetupError(f"{key}={raw}: a file, not a Hugging Face model folder")
+        missing = [] if (path / "config.json").is_file() else ["config.json"]
+        tokenizer_path = config.actor_rollout_ref.model.get("tokenizer_path") or path
+        if not any((Path(os.path.expanduser(str(tokenizer_path))) / f).is_file() for f in _HF_TOKENIZER_FILES):
+            missing.append(f"tokenizer files (one of {', '.join(_HF_TOKENIZER_FILES)})")
+        if missing:
+            raise SetupError(f"{key}={raw}: not a Hugging Face model folder, it lacks {' and '.join(missing)}")
+        return
+    if "://" in str(raw):
+        return  # hdfs:// and similar are fetched by verl's copy_to_local
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if _HUB_ID.match(str(raw)) and not offline:
+        return  # a hub id: transformers downloads it
+    raise SetupError(
+        f"{key}={raw}: no such folder"
+        + (" (HF_HUB_OFFLINE is set, so it cannot be a hub id either)" if offline and _HUB_ID.match(str(raw)) else "")
+    )
+
+
+# Settings without which verl 0.9.1 fails or hangs on the CPU (acpo_cpu.yaml sets all of them): key -> (test, need).
+_CPU_REQUIREMENTS: dict[str, tuple[Any, str]] = {
+    "actor_rollout_ref.rollout.name": (lambda v: v == "cpu", "cpu"),
+    "actor_rollout_ref.actor.strategy": (lambda v: v == "fsdp2", "fsdp2 (FSDP1 does not run on the CPU)"),
+    "actor_rollout_ref.model.use_remove_padding": (lambda v: v is False, "false (no flash-attn on the CPU)"),
+    "actor_rollout_ref.model.override_config.attn_implementation": (
+        lambda v: v in ("sdpa", "eager"),
+        "sdpa or eager (verl defaults to flash_attention_2)",
+    ),
+    "actor_rollout_ref.rollout.tensor_model_parallel_size": (lambda v: v == 1, "1"),
+    "ray_kwargs.ray_init.num_gpus": (
+        lambda v: v is not None and v >= 1,
+        ">= trainer.n_gpus_per_node (verl asks Ray for a GPU slot per training worker)",
+    ),
+    "ray_kwargs.ray_init.num_cpus": (
+        lambda v: v is not None,
+        "set (verl's actors need more CPU slots than a small machine detects; the run would hang)",
+    ),
+}
+
+
+def check_device(config: DictConfig) -> bool:
+    """Whether this is a CPU run; a CPU run must carry the CPU preset's settings, a GPU run must not use them."""
+    device = config.trainer.get("device")
+    rollout_name = config.actor_rollout_ref.rollout.get("name")
+    if device != "cpu":
+        if rollout_name == "cpu":
+            raise SetupError(
+                f"actor_rollout_ref.rollout.name=cpu needs trainer.device=cpu (got trainer.device={device}); "
+                f"use --config-name {CPU_PRESET}"
+            )
+        return False
+    wrong = []
+    for key, (test, need) in _CPU_REQUIREMENTS.items():
+        value = OmegaConf.select(config, key, default=None)
+        if not test(value):
+            wrong.append(f"{key}={value} (needs {need})")
+    gpus = OmegaConf.select(config, "ray_kwargs.ray_init.num_gpus", default=None) or 0
+    workers = config.trainer.n_gpus_per_node * config.trainer.nnodes
+    if not wrong and gpus < workers:
+        wrong.append(f"ray_kwargs.ray_init.num_gpus={gpus} (needs >= trainer.n_gpus_per_node * nnodes = {workers})")
+    if wrong:
+        raise SetupError(
+            f"trainer.device=cpu needs the CPU preset: run with --config-name {CPU_PRESET}. "
+            "These settings do not fit a CPU run: " + "; ".join(wrong)
+        )
+    return True
+
+
+def check_trainer_mode(config: DictConfig) -> None:
+    if not config.trainer.get("use_v1", True):
+        raise SetupError("trainer.use_v1=false: the ACPO recipe runs on verl's V1 trainer only")
+    mode = config.trainer.v1.trainer_mode
+    if mode != "sync":
+        raise SetupError(f"trainer.v1.trainer_mode={mode}: the ACPO recipe runs the synchronous trainer only (sync)")
+
+
+def check_reward_manager(config: DictConfig) -> None:
+    from verl.trainer.ppo.reward import resolve_reward_manager_cls
+
+    try:
+        resolve_reward_manager_cls(config)
+    except (ImportError, AttributeError, ValueError, AssertionError) as err:
+        manager = config.reward.reward_manager
+        raise SetupError(
+            f"reward.reward_manager (source={manager.source}, name={manager.name}, "
+            f"module.path={manager.module.path}) cannot be loaded: {err}"
+        ) from err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ray
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def activate_cpu_plugin() -> dict[str, str]:
+    """Select the CPU platform in this process; return the variables that load the plugin in every Ray worker."""
+    from recipe.acpo.cpu import activate
+
+    return activate()
+
+
+def worker_env_vars(cpu_run: bool) -> dict[str, str]:
+    """Environment of every Ray worker: the recipe importable, and on CPU runs the CPU plugin loaded by verl."""
+    python_path = os.pathsep.join(p for p in (str(RECIPE_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {"PYTHONPATH": python_path}
+    if cpu_run:
+        env.update(activate_cpu_plugin())
+    return env
+
+
+def _drop_none(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in mapping.items() if value is not None}
+
+
+def ray_init_kwargs(config: DictConfig, env_vars: Mapping[str, str]) -> dict[str, Any]:
+    """``ray.init`` arguments: ``ray_kwargs.ray_init`` with verl's runtime environment and ``env_vars`` merged in."""
+    from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+
+    init = OmegaConf.to_container(config.ray_kwargs.get("ray_init", {}), resolve=True)
+    runtime_env = OmegaConf.to_container(
+        OmegaConf.merge(get_ppo_ray_runtime_env(config), init.pop("runtime_env", None) or {}), resolve=True
+    )
+    runtime_env = _drop_none(runtime_env)
+    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env_vars}
+    kwargs = _drop_none(init)
+    if kwargs.get("_temp_dir"):
+        temp_dir = Path(os.path.expanduser(kwargs["_temp_dir"])).resolve()
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        kwargs["_temp_dir"] = str(temp_dir)
+    kwargs["runtime_env"] = runtime_env
+    return kwargs
+
+
+@contextmanager
+def ray_session(init_kwargs: Mapping[str, Any]) -> Iterator[None]:
+    """Ray for the duration of the run: shut down on exit, error, Ctrl-C and SIGTERM (no process left behind)."""
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    started_here = not ray.is_initialized()
+    try:
+        if started_here:
+            ray.init(**init_kwargs)
+        # Installed after ray.init, which sets a SIGTERM handler of its own that ends the driver without cleanup.
+        previous_sigterm = signal.signal(signal.SIGTERM, _terminate)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+    finally:
+        if started_here and ray.is_initialized():
+            ray.shutdown()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The task runner
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def get_trainer_class(config: DictConfig) -> type:
+    """The trainer class the task runner builds; the one hook for a subclass.
+
+    ``algorithm.adv_estimator=acpo`` selects ACPO's trainer (which brings its own actor worker), anything else verl's
+    synchronous V1 trainer.
+    """
+    from recipe.acpo.advantage_estimator import ACPO_ADV_ESTIMATOR
+
+    if config.algorithm.adv_estimator == ACPO_ADV_ESTIMATOR:
+        from recipe.acpo.acpo_trainer import ACPOTrainer
+
+        return ACPOTrainer
+    from verl.trainer.ppo.v1 import PPOTrainerSync
+
+    return PPOTrainerSync
+
+
+def check_acpo_trainer(config: DictConfig) -> None:
+    """For ``algorithm.adv_estimator=acpo``: the settings ACPOTrainer needs (Stage 2's start folder among them)."""
+    from recipe.acpo.advantage_estimator import ACPO_ADV_ESTIMATOR
+
+    if config.algorithm.get("adv_estimator") != ACPO_ADV_ESTIMATOR:
+        return
+    from recipe.acpo.acpo_trainer import validate_acpo_trainer_config
+
+    try:
+        validate_acpo_trainer_config(config)
+    except ValueError as err:
+        raise SetupError(str(err)) from err
+
+
+def build_agent_loop_manager(config: DictConfig, trainer: Any) -> Any:
+    """verl's TransferQueue agent-loop manager (or ``rollout.agent.agent_loop_manager_class``), as TaskRunnerV1 does."""
+    from verl.trainer.ppo.v1 import AgentLoopManagerTQ
+    from verl.utils.import_utils import load_class_from_fqn
+
+    manager_fqn = config.actor_rollout_ref.rollout.get("agent", {}).get("agent_loop_manager_class")
+    manager_cls = load_class_from_fqn(manager_fqn, "AgentLoopManager") if manager_fqn else AgentLoopManagerTQ
+    return manager_cls.create(
+        config=config,
+        llm_client=trainer.get_llm_client(),
+        teacher_client=trainer.get_teacher_client(),
+        reward_loop_worker_handles=trainer.get_reward_handles(),
+    )
+
+
+@ray.remote(num_cpus=1)
+class ACPOTaskRunner:
+    """Builds the trainer, the agent-loop manager and the TransferQueue, then trains (verl's TaskRunnerV1.run)."""
+
+    def run(self, config: DictConfig) -> None:
+        import transfer_queue as tq
+        from verl.utils.logging_utils import configure_verl_logging
+
+        configure_verl_logging()
+        trainer_cls = get_trainer_class(config)
+        config.transfer_queue.enable = True
+        pprint(OmegaConf.to_container(config, resolve=True))
+        OmegaConf.resolve(config)
+
+        tq.init(config.transfer_queue)
+        trainer = None
+        succeeded = False
+        try:
+            trainer = trainer_cls(config=config)
+            trainer.init()
+            trainer.fit(build_agent_loop_manager(config, trainer))
+            succeeded = True
+        finally:
+            try:
+                tracking = getattr(trainer, "logger", None)
+                if tracking is not None:
+                    tracking.finish(exit_code=0 if succeeded else 1)
+            finally:
+                tq.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def prepare(config: DictConfig) -> tuple[ACPOConfig, dict[str, Any]]:
+    """Every check that can fail before Ray starts; returns the ``acpo:`` block and the ``ray.init`` arguments."""
+    acpo_config = check_acpo_block(config)
+    check_acpo_trainer(config)
+    check_trainer_mode(config)
+    cpu_run = check_device(config)
+    check_model_path(config)
+    check_data_files(config)
+    env_vars = worker_env_vars(cpu_run)
+    os.environ.update(env_vars)  # the local Ray cluster started below inherits them as well
+
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+    from verl.utils.device import auto_set_device
+
+    auto_set_device(config)
+    check_reward_manager(config)
+    validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    return acpo_config, ray_init_kwargs(config, env_vars)
+
+
+def run(config: DictConfig) -> None:
+    """Check the run, start Ray, train, shut Ray down."""
+    _, init_kwargs = prepare(config)
+    with ray_session(init_kwargs):
+        runner = ACPOTaskRunner.remote()
+        ray.get(runner.run.remote(config))
+
+
+@hydra.main(config_path="config", config_name="acpo_trainer", version_base=None)
+def main(config: DictConfig) -> None:
+    try:
+        run(config)
+    except SetupError as err:
+        print(f"acpo: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("acpo: interrupted; Ray was shut down", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""The ACPO worker's protocol: attention switching for the packed mask, dispatch padding, the naive request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from tensordict import TensorDict
+from verl.utils import tensordict_utils as tu
+from verl.workers.utils.padding import response_from_nested
+
+from acpo_core.attribution import score_answer_loglik, score_answer_loglik_naive
+from recipe.acpo.acpo_worker import (
+    AttributionInputs,
+    attention_for_custom_masks,
+    build_naive_log_prob_batch,
+    pad_rows_to_multiple,
+)
+
+PROMPTS = ["What is two plus two?", "Compute six times seven, then halve it."]
+RESPONSES = [
+    "Two plus two is four. So the answer is four.",
+    "Six times seven is forty two. Half of that is twenty one. Thus twenty one.",
+]
+ANSWERS = ["Answer: 4", "Answer: 21"]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir: Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.float32)
+    return loaded.eval()
+
+
+def _inputs(tokenizer: Any) -> AttributionInputs:
+    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    responses = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in RESPONSES]
+    answers = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in ANSWERS]
+    width_p, width_t, width_a = (max(map(len, x)) for x in (prompts, responses, answers))
+    n = len(PROMPTS)
+    prompt_ids = torch.zeros(n, width_p, dtype=torch.long)
+    prompt_mask = torch.zeros(n, width_p, dtype=torch.long)
+    response_ids = torch.zeros(n, width_t, dtype=torch.long)
+    response_mask = torch.zeros(n, width_t, dtype=torch.long)
+    answer_ids = torch.zeros(n, width_a, dtype=torch.long)
+    answer_mask = torch.zeros(n, width_a, dtype=torch.long)
+    boundaries = torch.full((n, 4), -1, dtype=torch.long)
+    num_steps = torch.zeros(n, dtype=torch.long)
+    for i in range(n):
+        prompt_ids[i, width_p - len(prompts[i]) :] = torch.tensor(prompts[i])
+        prompt_mask[i, width_p - len(prompts[i]) :] = 1
+        response_ids[i, : len(responses[i])] = torch.tensor(responses[i])
+        response_mask[i, : len(responses[i])] = 1
+        answer_ids[i, : len(answers[i])] = torch.tensor(answers[i])
+        answer_mask[i, : len(answers[i])] = 1
+        # Two steps for the first response, three for the second.
+        cuts = [0, 6, len(responses[i])] if i == 0 else [0, 5, 11, len(responses[i])]
+        boundaries[i, : len(cuts)] = torch.tensor(cuts)
+        num_steps[i] = len(cuts) - 1
+    return AttributionInputs(
+        prompt_ids, prompt_mask, response_ids, response_mask, boundaries, num_steps, answer_ids, answer_mask
+    )
+
+
+def test_flash_attention_model_is_scored_with_sdpa_and_restored(model: Any, qwen_tokenizer: Any) -> None:
+    inputs = _inputs(qwen_tokenizer)
+    reference = score_answer_loglik(model, **inputs.as_dict(), micro_batch_size=2)
+    # The configuration verl's FSDP engine loads on a GPU with use_remove_padding (flash-attn kernels not needed:
+    # the packed forward must not use them).
+    model.config._attn_implementation_internal = "flash_attention_2"
+    try:
+        with pytest.raises(ValueError, match="4D attention mask"):
+            score_answer_loglik(model, **inputs.as_dict(), micro_batch_size=2)
+        with attention_for_custom_masks(model):
+            assert model.config._attn_implementation == "sdpa"
+            scores = score_answer_loglik(model, **inputs.as_dict(), micro_batch_size=2)
+        assert model.config._attn_implementation == "flash_attention_2"
+        assert all(not hasattr(m.config, "_attn_was_changed") for m in model.modules() if hasattr(m, "config"))
+    finally:
+        model.config._attn_implementation_internal = "sdpa"
+    torch.testing.assert_close(scores, reference)
+
+
+def test_eager_and_sdpa_models_are_left_as_they_are(model: Any) -> None:
+    for implementation in ("sdpa", "eager"):
+        model.config._attn_implementation_internal = implementation
+        with attention_for_custom_masks(model):
+            assert model.config._attn_implementation == implementation
+    model.config._attn_implementation_internal = "sdpa"
+
+
+def test_attribution_request_pads_to_the_data_parallel_multiple(qwen_tokenizer: Any) -> None:
+    inputs = _inputs(qwen_tokenizer)
+    request = inputs.to_tensordict(micro_batch_size=3, temperature=0.7)
+    padded, num_rows = pad_rows_to_multiple(request, 4)
+    assert num_rows == 2 and len(padded) == 4
+    assert torch.equal(padded["prompt_ids"][2], padded["prompt_ids"][1])
+    assert tu.get_non_tensor_data(padded, "micro_batch_size", None) == 3
+    assert tu.get_non_tensor_data(padded, "temperature", None) == 0.7
+    round_trip = AttributionInputs.from_tensordict(padded[:num_rows])
+    assert all(torch.equal(a, b) for a, b in zip(round_trip.as_dict().values(), inputs.as_dict().values()))
+    same, rows = pad_rows_to_multiple(request, 2)
+    assert same is request and rows == 2
+    with pytest.raises(KeyError, match="answer_mask"):
+        AttributionInputs.from_tensordict(TensorDict({"prompt_ids": inputs.prompt_ids}, batch_size=[2]))
+
+
+def _verl_style_log_probs(model: Any, request: TensorDict) -> torch.Tensor:
+    """What verl's compute_log_prob returns for a no-padding request: log p(token t+1 | <= t) per position."""
+    rows = []
+    for ids in request["input_ids"].unbind():
+        logits = model(input_ids=ids[None]).logits[0].float()
+        rolled = torch.roll(ids, shifts=-1)
+        rows.append(torch.log_softmax(logits, dim=-1).gather(1, rolled[:, None]).squeeze(1))
+    return torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+
+
+@torch.no_grad()
+def test_naive_request_in_verl_layout_reproduces_acpo_core_scores(model: Any, qwen_tokenizer: Any) -> None:
+    inputs = _inputs(qwen_tokenizer)
+    request, owners = build_naive_log_prob_batch(inputs, temperature=1.0)
+    assert owners.tolist() == [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2], [1, 3]]
+    assert tu.get_non_tensor_data(request, "calculate_entropy", None) is False
+    lengths = request["input_ids"].offsets().diff()
+    assert torch.equal(lengths, request["prompts"].offsets().diff() + request["responses"].offsets().diff())
+    answer_logprobs = response_from_nested(_verl_style_log_probs(model, request), request["response_mask"])
+    scores = torch.zeros(inputs.boundaries.shape)
+    for (row, step), values in zip(owners.tolist(), answer_logprobs.unbind()):
+        scores[row, step] = values.sum()
+    naive = score_answer_loglik_naive(model, **inputs.as_dict(), micro_batch_size=4)
+    packed = score_answer_loglik(model, **inputs.as_dict(), micro_batch_size=4)
+    torch.testing.assert_close(scores, naive, atol=1e-4, rtol=0)
+    torch.testing.assert_close(scores, packed, atol=1e-4, rtol=0)
