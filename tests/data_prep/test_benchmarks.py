@@ -15,7 +15,7 @@ from data_prep.pipeline import REASON_TEXT, Reason
 from data_prep.schema import check_parquet, render_prompt
 from data_prep.sources import resolve_sources
 
-FIXTURES = Path(__file__).parent / "fixtures" / "data"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "data"
 
 
 def records(name: str) -> list[dict]:

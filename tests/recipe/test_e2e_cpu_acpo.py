@@ -26,7 +26,9 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
 RESPONSE_LENGTH = 48
 MIN_STEP_TOKENS = 4
 TOLERANCE = 1e-4

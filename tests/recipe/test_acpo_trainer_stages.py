@@ -20,7 +20,7 @@ from recipe.acpo.merge import (
     merge_stage1_checkpoint,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _write_actor_checkpoint(root: Path, step: int, model_dir: Path) -> Path:

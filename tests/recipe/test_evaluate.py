@@ -15,7 +15,7 @@ import pytest
 
 from recipe.acpo import evaluate as ev
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _sample(source: str, prompt: str, session: int, acc: float | None, score: float | None = None) -> dict[str, Any]:

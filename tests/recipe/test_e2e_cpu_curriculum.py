@@ -33,7 +33,9 @@ import pytest
 from data_prep.schema import build_row, write_rows
 from recipe.acpo.curriculum import CURRICULUM_STATE_FILE
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_S = 600
 GROUP = 4
 HOT_PER_HARD_PROMPT = 2  # ceil(hard_fraction 0.5 * n 4)

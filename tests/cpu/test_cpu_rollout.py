@@ -15,7 +15,7 @@ import torch
 
 from recipe.acpo.cpu.generation import SamplingSpec, generate_batch, sample_next_tokens, sampling_spec_from_params
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 EOS = 151645  # <|im_end|>
 PAD = 151643  # <|endoftext|>
 PROMPTS = [list(range(1000, 1012)), [42, 7], list(range(5000, 5031)), [9, 9, 9, 9, 9, 9, 9]]

@@ -27,7 +27,9 @@ from omegaconf import DictConfig
 
 from recipe.acpo import main_acpo
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "recipe" / "acpo" / "config"
 RUN_TIMEOUT_S = 240
 _STEP_LINE = re.compile(r"step:(\d+) - (.*)$")

@@ -17,7 +17,7 @@ from data_prep.pipeline import REASON_TEXT, Reason
 from data_prep.schema import DataError, check_parquet, render_prompt
 from data_prep.sources import hub_is_reachable, resolve_sources
 
-FIXTURES = Path(__file__).parent / "fixtures" / "data"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "data"
 DAPO = FIXTURES / "dapo_math_17k.jsonl"
 BAD = FIXTURES / "dapo_bad_rows.jsonl"
 

@@ -29,7 +29,7 @@ from recipe.acpo.reward import (
     reward_fraction_metrics,
 )
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Keeps sympy busy for minutes (it evaluates the tower); interruptible Python code, so the in-worker timer stops it.
 SLOW_ANSWER = "9^{9^{9}}"
 SHORT_LIMIT_S = 1.0

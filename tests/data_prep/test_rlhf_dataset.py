@@ -11,7 +11,7 @@ import pytest
 from data_prep import arithmetic, benchmarks, dapo17k
 from data_prep.schema import render_prompt
 
-FIXTURES = Path(__file__).parent / "fixtures" / "data"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "data"
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from acpo_core.attribution import (
 from recipe.acpo.offline_models import build_tiny_qwen2, load_qwen25_tokenizer
 
 MAX_STEPS = 24  # acpo.segmentation.max_steps default
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

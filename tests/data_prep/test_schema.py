@@ -29,7 +29,7 @@ from data_prep.schema import (
     write_rows,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "data"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "data"
 DAPO_TEMPLATE = (
     "Solve the following math problem step by step. The last line of your response should be of the form Answer: "
     "$Answer (without quotes) where $Answer is the answer to the problem.\n\n{problem}\n\nRemember to put your "

@@ -49,7 +49,7 @@ from recipe.acpo.curriculum import (
     prompt_id,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "recipe" / "acpo" / "config"
 GROUP = 4
 MESSAGES = [{"role": "user", "content": "What is 2 + 3? Answer: "}]

@@ -17,7 +17,7 @@ import yaml
 
 from recipe.acpo import evaluate as ev
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = ("aime2024", "aime2025", "amc2023", "math500")
 STAGE1_STEPS, STAGE2_STEPS = 7, 5
 
