@@ -13,12 +13,12 @@ being one empty step) and :mod:`acpo_core.attribution` (contributions C [B, Kmax
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
+from acpo_core.baseline import group_index, grpo_outcome_advantage
+from acpo_core.checks import fail_rows, require_finite, require_integer
 from acpo_core.config import ACPOConfig, AdvantageConfig
 
 __all__ = [
@@ -45,109 +45,9 @@ REGIME_HELPFUL_MINOR = 2  # s > 0 and |s| < theta: w = max(0, 1 - gamma * u)
 REGIME_HARMFUL = 3  # s <= 0: w = max(0, 1 - gamma * u)
 
 
-def _row_list(bad_rows: torch.Tensor) -> str:
-    rows = bad_rows.nonzero().flatten().tolist()
-    shown = ", ".join(str(r) for r in rows[:8]) + (f" (and {len(rows) - 8} more)" if len(rows) > 8 else "")
-    return f"row{'s' if len(rows) > 1 else ''} {shown}"
-
-
-def _fail_rows(bad: torch.Tensor, message: str) -> None:
-    """Raise ``ValueError(message: rows ...)`` if any element of ``bad`` ([B] or [B, ...]) is set."""
-    bad_rows = bad.reshape(bad.shape[0], -1).any(dim=1) if bad.dim() > 1 else bad
-    if bad_rows.any():
-        raise ValueError(f"{message}: {_row_list(bad_rows)}")
-
-
-def _require_finite(name: str, values: torch.Tensor, where: torch.Tensor | None = None, what: str = "") -> None:
-    """Raise naming the rows where ``values`` is NaN or infinite (only where ``where`` is set, e.g. valid tokens)."""
-    bad = ~torch.isfinite(values)
-    if where is not None:
-        bad = bad & where
-    _fail_rows(bad, f"{name} is NaN or infinite{' ' + what if what else ''}")
-
-
-def _require_integer(name: str, values: torch.Tensor) -> None:
-    if values.dtype.is_floating_point or values.is_complex() or values.dtype == torch.bool:
-        raise ValueError(f"{name} must be an integer tensor, got {values.dtype}")
-
-
 def _valid_steps(num_steps: torch.Tensor, kmax: int) -> torch.Tensor:
     """[B, Kmax] bool: slot i is one of the response's K steps."""
     return torch.arange(kmax, device=num_steps.device).unsqueeze(0) < num_steps.unsqueeze(1)
-
-
-def group_index(group_ids: Sequence[Hashable] | np.ndarray | torch.Tensor) -> tuple[np.ndarray, int]:
-    """Map ``B`` group labels (verl's ``uid``) to contiguous group numbers, vectorised with ``np.unique``.
-
-    Labels are compared by value, as verl's dict of groups does; they must be mutually orderable (all strings or all
-    numbers), which verl's uuid strings are.
-
-    Returns:
-        ``(inverse, num_groups)``: ``inverse`` ``[B]`` int64 group number of each label.
-    """
-    labels = np.asarray(group_ids.cpu() if isinstance(group_ids, torch.Tensor) else group_ids)
-    if labels.ndim != 1:
-        raise ValueError(f"group ids must be one label per response, got an array of shape {labels.shape}")
-    if labels.size == 0:
-        return np.zeros(0, dtype=np.int64), 0
-    try:
-        unique, inverse = np.unique(labels, return_inverse=True)
-    except TypeError as err:
-        raise ValueError(
-            f"group ids must be mutually comparable (all strings or all numbers), got {labels.dtype} labels: {err}"
-        ) from err
-    return inverse.reshape(-1).astype(np.int64), len(unique)
-
-
-def grpo_outcome_advantage(
-    scores: torch.Tensor,
-    group_ids: Sequence[Hashable] | np.ndarray | torch.Tensor,
-    epsilon: float = 1e-6,
-    norm_adv_by_std_in_grpo: bool = True,
-) -> torch.Tensor:
-    """Spec §1: A_base,j = (r_j - mean_g r) / (std_g r + eps), the numbers of verl's ``compute_grpo_outcome_advantage``.
-
-    Vectorised over the batch (scatter sums per group) but following verl's arithmetic on CPU, where its driver
-    computes advantages: the group mean is ``torch.mean`` (a float sum divided by the count) and the unbiased
-    ``torch.std`` is a two-pass sum of squared deviations in float64 from that mean, rounded to the score dtype at
-    the end; a singleton group has mean 0 and std 1. The result is identical bit for bit whenever every group's
-    score sum is exact in the score dtype -- always the case for verifiable 0/1 rewards (spec §7) and any rewards on
-    a binary grid (multiples of 1/2^m). For arbitrary float rewards torch's own summation order differs from a
-    scatter sum and the mean can differ in its last bit.
-
-    Args:
-        scores: ``[B]`` floating outcome score of each response (verl: ``token_level_rewards.sum(-1)``).
-        group_ids: ``B`` prompt uids; responses with the same uid form a group.
-        epsilon: added to the group standard deviation.
-        norm_adv_by_std_in_grpo: divide by the standard deviation (GRPO) or not (Dr.GRPO).
-
-    Returns:
-        ``[B]`` advantages in the dtype of ``scores``; 0 for every response of a zero-variance group.
-    """
-    if scores.dim() != 1 or not scores.dtype.is_floating_point:
-        raise ValueError(f"scores must be a floating [B] tensor, got {scores.dtype} of shape {tuple(scores.shape)}")
-    if len(group_ids) != scores.shape[0]:
-        raise ValueError(f"scores has {scores.shape[0]} responses but {len(group_ids)} group ids were given")
-    _require_finite("scores", scores)
-    inverse, num_groups = group_index(group_ids)
-    if num_groups == 0:
-        return scores.clone()
-    device, dtype = scores.device, scores.dtype
-    group = torch.as_tensor(inverse, dtype=torch.long, device=device)
-    count = torch.bincount(group, minlength=num_groups)
-    # Summing in float64 makes the sum exact (then rounded once), which is what torch.sum gives whenever it is exact.
-    total = torch.zeros(num_groups, dtype=torch.float64, device=device).index_add_(0, group, scores.double())
-    mean = total.to(dtype) / count.to(dtype)
-    deviation = scores.double() - mean.double()[group]
-    sq_sum = torch.zeros(num_groups, dtype=torch.float64, device=device).index_add_(0, group, deviation * deviation)
-    std = (sq_sum / (count - 1).clamp(min=1).double()).sqrt().to(dtype)
-    singleton = count == 1
-    mean = torch.where(singleton, torch.zeros_like(mean), mean)
-    std = torch.where(singleton, torch.ones_like(std), std)
-    centred = scores - mean[group]
-    if norm_adv_by_std_in_grpo:
-        return centred / (std + epsilon)[group]
-    return centred
 
 
 def signed_step_importance(contributions: torch.Tensor, num_steps: torch.Tensor, cfg: AdvantageConfig) -> torch.Tensor:
@@ -165,7 +65,7 @@ def signed_step_importance(contributions: torch.Tensor, num_steps: torch.Tensor,
         ``[B, Kmax]`` signed importance, 0 on step slots beyond K.
     """
     valid = _valid_steps(num_steps, contributions.shape[1])
-    _require_finite("contributions", contributions, valid, "on a step")
+    require_finite("contributions", contributions, valid, "on a step")
     c = torch.where(valid, contributions, torch.zeros_like(contributions))
     total = c.abs().sum(dim=1, keepdim=True)
     s = num_steps.unsqueeze(1).to(c.dtype) * c / (total + cfg.eps)
@@ -225,7 +125,7 @@ def step_uncertainty(
         ``(u, step_mean_entropy)``, both float32 ``[B, Kmax]``; 0 for empty steps and slots beyond K.
     """
     valid_tok = step_index >= 0
-    _require_finite("entropy", entropy, valid_tok, "on a valid token")
+    require_finite("entropy", entropy, valid_tok, "on a valid token")
     batch = entropy.shape[0]
     sums, counts, _ = _step_sums(entropy.to(torch.float32), step_index, kmax)
     non_empty = (counts.view(batch, kmax) > 0) & _valid_steps(num_steps, kmax)
@@ -330,7 +230,7 @@ def token_confidence_weights(
     valid = step_index >= 0
     if stage == 1:
         return valid.to(torch.float32)
-    _require_finite("entropy", entropy, valid, "on a valid token")
+    require_finite("entropy", entropy, valid, "on a valid token")
     batch = entropy.shape[0]
     if kmax is None:
         kmax = int(step_index.max().item()) + 1 if valid.any() else 1
@@ -402,20 +302,20 @@ def _check_inputs(
         raise ValueError(f"num_steps must be [B={batch}], got {tuple(num_steps.shape)}")
     if correct is not None and correct.shape != (batch,):
         raise ValueError(f"correct must be [B={batch}], got {tuple(correct.shape)}")
-    _require_integer("step_index", step_index)
-    _require_integer("num_steps", num_steps)
+    require_integer("step_index", step_index)
+    require_integer("num_steps", num_steps)
     kmax = contributions.shape[1]
-    _fail_rows((num_steps < 1) | (num_steps > kmax), f"num_steps must lie in [1, Kmax={kmax}]")
-    _fail_rows((response_mask != 0) & (response_mask != 1), "response_mask must hold only 0 and 1")
+    fail_rows((num_steps < 1) | (num_steps > kmax), f"num_steps must lie in [1, Kmax={kmax}]")
+    fail_rows((response_mask != 0) & (response_mask != 1), "response_mask must hold only 0 and 1")
     valid = response_mask != 0
-    _require_finite("a_base", a_base)
-    _require_finite("contributions", contributions, _valid_steps(num_steps, kmax), "on a step")
-    _require_finite("entropy", entropy, valid, "on a valid token")
-    _fail_rows(
+    require_finite("a_base", a_base)
+    require_finite("contributions", contributions, _valid_steps(num_steps, kmax), "on a step")
+    require_finite("entropy", entropy, valid, "on a valid token")
+    fail_rows(
         valid & ((step_index < 0) | (step_index >= num_steps.unsqueeze(1))),
         "step_index is outside [0, num_steps) on a valid response token",
     )
-    _fail_rows(~valid & (step_index != -1), "step_index is not -1 on a padding token")
+    fail_rows(~valid & (step_index != -1), "step_index is not -1 on a padding token")
 
 
 def compute_acpo_advantage(

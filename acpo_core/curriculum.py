@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from acpo_core.baseline import group_labels
 from acpo_core.config import CurriculumConfig
 
 __all__ = ["PassRateTracker", "group_positions", "hot_response_count"]
@@ -88,8 +89,8 @@ def group_positions(group_ids: Sequence[Hashable] | np.ndarray) -> tuple[np.ndar
     if ids.size == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
-    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
+    _, inverse = group_labels(ids)
+    counts = np.bincount(inverse)
     order = np.argsort(inverse, kind="stable")
     group_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
     positions = np.empty(ids.size, dtype=np.int64)
@@ -188,8 +189,7 @@ class PassRateTracker:
             )
         if ids.size == 0:
             return {}
-        unique, inverse = np.unique(ids, return_inverse=True)
-        inverse = inverse.reshape(-1)
+        unique, inverse = group_labels(ids)
         accuracy = np.bincount(inverse, weights=scores, minlength=unique.size) / np.bincount(inverse)
         for key, acc in zip(unique.tolist(), accuracy.tolist()):
             old = self._pass_rates.get(key)
@@ -215,9 +215,9 @@ class PassRateTracker:
         ids = _as_ids(prompt_ids)
         if ids.size == 0:
             return torch.zeros(0, dtype=torch.bool)
-        unique, inverse = np.unique(ids, return_inverse=True)
+        unique, inverse = group_labels(ids)
         hard = np.array([self.is_hard(key) for key in unique.tolist()], dtype=bool)
-        return torch.from_numpy(hard[inverse.reshape(-1)])
+        return torch.from_numpy(hard[inverse])
 
     def hot_samples(
         self, prompt_ids: Sequence[Hashable] | np.ndarray, group_size: int, hard_fraction: float | None = None

@@ -24,12 +24,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from acpo_core.attribution import (
-    packed_token_count,
-    render_answer_ids,
-    score_answer_loglik,
-    score_answer_loglik_naive,
-)
+from acpo_core.attribution import AttributionBatch, packed_token_count, render_answer_ids
+from acpo_core.scoring import score_answer_loglik, score_answer_loglik_naive
 
 
 def problem_and_solution(rng: random.Random) -> tuple[str, str, int]:
@@ -108,9 +104,11 @@ def main() -> None:
         inner = sorted(rng.sample(range(16, response_len - 16), steps - 1))
         boundaries[b] = torch.tensor([0, *inner, response_len])
     num_steps = torch.full((batch,), steps, dtype=torch.long)
-    inputs = (prompt_ids, prompt_mask, response_ids, response_mask, boundaries, num_steps, answer_ids, answer_mask)
+    inputs = AttributionBatch(
+        prompt_ids, prompt_mask, response_ids, response_mask, boundaries, num_steps, answer_ids, answer_mask
+    )
 
-    counts = packed_token_count(prompt_mask, response_mask, boundaries, num_steps, answer_mask)
+    counts = packed_token_count(inputs)
     print(
         f"SmolLM2-135M-Instruct fp32 CPU, torch threads={torch.get_num_threads()}: B={batch}, prompt {prompt_len}, "
         f"response {response_len}, K={steps}, |Y|={answer_len}, micro_batch_size={args.micro_batch_size}"
@@ -123,7 +121,7 @@ def main() -> None:
     )
 
     # Warm-up: one small packed call (kernel selection, allocator).
-    score_answer_loglik(model, *(t[:1] for t in inputs), micro_batch_size=1)
+    score_answer_loglik(model, inputs.select(torch.arange(1)), micro_batch_size=1)
 
     # For scale: one plain forward over prompt + response (what verl's old-log-prob pass runs), same micro-batches.
     start = time.perf_counter()
@@ -137,11 +135,11 @@ def main() -> None:
     packed_times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        packed = score_answer_loglik(model, *inputs, micro_batch_size=args.micro_batch_size)
+        packed = score_answer_loglik(model, inputs, micro_batch_size=args.micro_batch_size)
         packed_times.append(time.perf_counter() - start)
         print(f"packed: {packed_times[-1]:.2f} s", flush=True)
     start = time.perf_counter()
-    naive = score_answer_loglik_naive(model, *inputs, micro_batch_size=args.micro_batch_size)
+    naive = score_answer_loglik_naive(model, inputs, micro_batch_size=args.micro_batch_size)
     naive_s = time.perf_counter() - start
     packed_s = statistics.median(packed_times)
 

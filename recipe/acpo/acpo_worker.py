@@ -12,16 +12,17 @@ The packed mask is a custom 4D mask, which flash-attention with remove-padding (
 GPU) does not take: :func:`attention_for_custom_masks` switches the model to ``sdpa`` for this forward only and
 restores the training implementation afterwards.
 
-The driver-side halves live here too, so that the wire format has one owner: :class:`AttributionInputs` (the padded
-batch of spec §3, as a TensorDict for the worker) and :func:`build_naive_log_prob_batch` (the reference path: the
-K+1 sequences ``[q, o_<c_i] + Y`` in verl's own no-padding layout, scored by verl's ``compute_log_prob``).
+The driver-side halves live here too, so that the wire format has one owner: :func:`attribution_request` (an
+``acpo_core.attribution.AttributionBatch`` as a TensorDict for the worker) and :func:`build_naive_log_prob_batch`
+(the reference path: acpo_core's K+1 sequences ``[q, o_<c_i] + Y`` in verl's own no-padding layout, scored by
+verl's ``compute_log_prob``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -31,13 +32,15 @@ from verl.utils import tensordict_utils as tu
 from verl.utils.device import get_device_id, get_device_name
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from acpo_core.attribution import SUPPORTED_ATTENTION, score_answer_loglik
+from acpo_core.attribution import AttributionBatch, check_attribution_batch, naive_sequences
+from acpo_core.scoring import SUPPORTED_ATTENTION, score_answer_loglik
 
 __all__ = [
     "ANSWER_LOGLIK_KEY",
     "ACPOActorRolloutRefWorker",
-    "AttributionInputs",
     "attention_for_custom_masks",
+    "attribution_batch_from_request",
+    "attribution_request",
     "build_naive_log_prob_batch",
     "pad_rows_to_multiple",
     "unpinned_offload_on_cpu_platform",
@@ -49,40 +52,21 @@ PACKED_ATTENTION = "sdpa"
 SUPPORTED_STRATEGIES = ("fsdp", "fsdp2")
 
 
-@dataclass(frozen=True)
-class AttributionInputs:
-    """Spec §3 inputs for N responses, in acpo_core's layout (see ``acpo_core.attribution.score_answer_loglik``).
+def attribution_request(batch: AttributionBatch, micro_batch_size: int, temperature: float) -> TensorDict:
+    """The worker's input for :meth:`ACPOActorRolloutRefWorker.compute_answer_loglik`: the tensors of ``batch``
+    plus the scoring settings as non-tensor data."""
+    td = TensorDict(batch.as_dict(), batch_size=[len(batch)])
+    tu.assign_non_tensor(td, micro_batch_size=int(micro_batch_size), temperature=float(temperature))
+    return td
 
-    Prompts left-padded, responses and answers right-padded; ``boundaries`` [N, Kmax+1] with -1 after c_K.
-    """
 
-    prompt_ids: torch.Tensor  # [N, P] long
-    prompt_mask: torch.Tensor  # [N, P] 0/1
-    response_ids: torch.Tensor  # [N, T] long
-    response_mask: torch.Tensor  # [N, T] 0/1
-    boundaries: torch.Tensor  # [N, Kmax+1] long
-    num_steps: torch.Tensor  # [N] long
-    answer_ids: torch.Tensor  # [N, A] long
-    answer_mask: torch.Tensor  # [N, A] 0/1
-
-    def __len__(self) -> int:
-        return int(self.prompt_ids.shape[0])
-
-    def as_dict(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def to_tensordict(self, micro_batch_size: int, temperature: float) -> TensorDict:
-        """The worker's input: these tensors plus the scoring settings as non-tensor data."""
-        td = TensorDict(self.as_dict(), batch_size=[len(self)])
-        tu.assign_non_tensor(td, micro_batch_size=int(micro_batch_size), temperature=float(temperature))
-        return td
-
-    @classmethod
-    def from_tensordict(cls, td: TensorDict) -> AttributionInputs:
-        missing = [f.name for f in fields(cls) if f.name not in td]
-        if missing:
-            raise KeyError(f"compute_answer_loglik input lacks the field(s) {missing}")
-        return cls(**{f.name: td[f.name] for f in fields(cls)})
+def attribution_batch_from_request(td: TensorDict) -> AttributionBatch:
+    """The :class:`AttributionBatch` of a request built by :func:`attribution_request`."""
+    names = [f.name for f in fields(AttributionBatch)]
+    missing = [name for name in names if name not in td]
+    if missing:
+        raise KeyError(f"compute_answer_loglik input lacks the field(s) {missing}")
+    return AttributionBatch(**{name: td[name] for name in names})
 
 
 def pad_rows_to_multiple(td: TensorDict, multiple: int) -> tuple[TensorDict, int]:
@@ -200,17 +184,16 @@ class ACPOActorRolloutRefWorker(ActorRolloutRefWorker):
     def compute_answer_loglik(self, data: TensorDict) -> TensorDict:
         """Spec §3: L [N, Kmax+1] (float32) of this rank's share of responses, as ``answer_loglik``.
 
-        ``data`` is :meth:`AttributionInputs.to_tensordict`: the padded tensors plus ``micro_batch_size`` and
+        ``data`` is :func:`attribution_request`: the padded tensors plus ``micro_batch_size`` and
         ``temperature`` (the rollout temperature, as in verl's old-log-prob pass).
         """
         self._check_acpo_support()
-        inputs = AttributionInputs.from_tensordict(data)
+        inputs = attribution_batch_from_request(data)
         micro_batch_size = int(tu.get_non_tensor_data(data, "micro_batch_size", default=8))
         temperature = float(tu.get_non_tensor_data(data, "temperature", default=1.0))
         engine = self.actor.engine
         # The device verl's engine feeds its inputs to (its parameters may live on the CPU under offloading).
         device = get_device_id()
-        tensors = {name: tensor.to(device) for name, tensor in inputs.as_dict().items()}
         autocast_dtype = getattr(engine, "_autocast_dtype", torch.float32)
         autocast = (
             nullcontext()
@@ -221,41 +204,29 @@ class ACPOActorRolloutRefWorker(ActorRolloutRefWorker):
             model = engine.module
             with attention_for_custom_masks(model), autocast:
                 scores = score_answer_loglik(
-                    model, **tensors, micro_batch_size=micro_batch_size, temperature=temperature
+                    model, inputs.to(device), micro_batch_size=micro_batch_size, temperature=temperature
                 )
         return TensorDict({ANSWER_LOGLIK_KEY: scores.float().cpu()}, batch_size=[len(inputs)])
 
 
-def build_naive_log_prob_batch(inputs: AttributionInputs, temperature: float) -> tuple[TensorDict, torch.Tensor]:
+def build_naive_log_prob_batch(inputs: AttributionBatch, temperature: float) -> tuple[TensorDict, torch.Tensor]:
     """Spec §3 reference path in verl's layout: one sequence ``[q, o_<c_i] + Y`` per response and i = 0..K.
 
-    The sequences use verl's no-padding (jagged) fields, as its agent loop writes them: ``prompts`` = q and the
-    response prefix, ``responses`` = Y, ``input_ids``, ``attention_mask``, ``position_ids`` (0..len-1),
-    ``response_mask`` and ``loss_mask`` (ones over Y); verl's ``compute_log_prob`` then gives the log-probability of
-    every answer token.
+    The sequences (:func:`acpo_core.attribution.naive_sequences`) use verl's no-padding (jagged) fields, as its agent
+    loop writes them: ``prompts`` = q and the response prefix, ``responses`` = Y, ``input_ids``, ``attention_mask``,
+    ``position_ids`` (0..len-1), ``response_mask`` and ``loss_mask`` (ones over Y); verl's ``compute_log_prob`` then
+    gives the log-probability of every answer token.
 
     Returns:
         The TensorDict (J rows, J = sum_n (K_n + 1)) and ``[J, 2]`` long (response row n, step index i) of each row.
+    Raises:
+        ValueError: see :func:`acpo_core.attribution.check_attribution_batch`.
     """
-    prompt_len = (inputs.prompt_mask != 0).sum(dim=1).tolist()
-    response_len = (inputs.response_mask != 0).sum(dim=1).tolist()
-    answer_len = (inputs.answer_mask != 0).sum(dim=1).tolist()
-    steps = inputs.num_steps.tolist()
-    cuts = inputs.boundaries.tolist()
-    prompt_width = inputs.prompt_ids.shape[1]
-    contexts: list[torch.Tensor] = []
-    answers: list[torch.Tensor] = []
-    owners: list[tuple[int, int]] = []
-    for n in range(len(inputs)):
-        if cuts[n][steps[n]] != response_len[n]:
-            raise ValueError(f"row {n}: last boundary {cuts[n][steps[n]]} is not the response length {response_len[n]}")
-        prompt = inputs.prompt_ids[n, prompt_width - prompt_len[n] :].long()
-        answer = inputs.answer_ids[n, : answer_len[n]].long()
-        for i in range(steps[n] + 1):
-            contexts.append(torch.cat([prompt, inputs.response_ids[n, : cuts[n][i]].long()]))
-            answers.append(answer)
-            owners.append((n, i))
-    sequences = [torch.cat([c, a]) for c, a in zip(contexts, answers)]
+    jobs = naive_sequences(inputs, check_attribution_batch(inputs))
+    sequences = [sequence for _, _, sequence, _ in jobs]
+    contexts = [sequence[:context_len] for _, _, sequence, context_len in jobs]
+    answers = [sequence[context_len:] for _, _, sequence, context_len in jobs]
+    owners = [(row, step) for row, step, _, _ in jobs]
 
     def jagged(tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.nested.as_nested_tensor(tensors, layout=torch.jagged)

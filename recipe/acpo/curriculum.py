@@ -52,6 +52,7 @@ from verl.utils.checkpoint.checkpoint_manager import find_latest_ckpt_path
 from acpo_core.config import ACPOConfig, CurriculumConfig
 from acpo_core.curriculum import PassRateTracker, hot_response_count
 from recipe.acpo.agent_loop import AGENT_LOOP_NAME, HOT_SAMPLES_KEY, HOT_TEMPERATURE_KEY, TEMPERATURE_KEY
+from recipe.acpo.rollout_batch import right_padded
 
 __all__ = [
     "CURRICULUM_STATE_FILE",
@@ -121,11 +122,6 @@ def _rows(data: TensorDict, key: str, default: Any = None) -> list[Any]:
     if len(values) != len(data):
         raise ValueError(f"field {key!r} has {len(values)} values for {len(data)} rows")
     return values
-
-
-def _dense(nested: torch.Tensor, padding: float = 0.0) -> torch.Tensor:
-    """A jagged [B, *] TransferQueue field as a right-padded [B, T] tensor (a dense field is returned as is)."""
-    return nested.to_padded_tensor(padding) if nested.is_nested else nested
 
 
 def _tier_mean(values: torch.Tensor, weights: torch.Tensor) -> float | None:
@@ -270,7 +266,7 @@ class CurriculumMixin:
         """
         ids = [str(p) for p in _rows(data, PROMPT_ID_KEY)]
         hard = torch.tensor([bool(h) for h in _rows(data, HARD_KEY)], dtype=torch.bool)
-        correct = _dense(data["rm_scores"]).float().sum(dim=1) > 0
+        correct = right_padded(data["rm_scores"]).float().sum(dim=1) > 0
         temperatures = []
         for key, extra in zip(keys, _rows(data, "extra_fields")):
             if not isinstance(extra, Mapping) or TEMPERATURE_KEY not in extra:
@@ -286,12 +282,12 @@ class CurriculumMixin:
         planned_hot = sum(int(session) < int(count) for session, count in zip(sessions, hot_samples))
         gap = None
         if "rollout_log_probs" in data and "old_log_probs" in data:
-            gap = (_dense(data["rollout_log_probs"]).float() - _dense(data["old_log_probs"]).float()).abs()
+            gap = (right_padded(data["rollout_log_probs"]).float() - right_padded(data["old_log_probs"]).float()).abs()
         metrics = curriculum_metrics(
             hard=hard,
             correct=correct,
-            response_mask=_dense(data["response_mask"]).long(),
-            entropy=_dense(data["entropy"]).float() if "entropy" in data else None,
+            response_mask=right_padded(data["response_mask"]).long(),
+            entropy=right_padded(data["entropy"]).float() if "entropy" in data else None,
             temperatures=torch.tensor(temperatures, dtype=torch.float64),
             base_temperature=float(self.config.actor_rollout_ref.rollout.temperature),
             prompt_ids=ids,

@@ -17,13 +17,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from acpo_core.attribution import (
-    build_packed_inputs,
+    AttributionBatch,
+    check_attribution_batch,
     packed_token_count,
     render_answer_ids,
-    score_answer_loglik,
-    score_answer_loglik_naive,
     step_contributions,
 )
+from acpo_core.scoring import score_answer_loglik, score_answer_loglik_naive
 from recipe.acpo.offline_models import build_tiny_qwen2, load_qwen25_tokenizer
 
 MAX_STEPS = 24  # acpo.segmentation.max_steps default
@@ -66,7 +66,7 @@ def _random_boundaries(rng: random.Random, length: int, steps: int) -> list[int]
     return [0, *sorted(rng.sample(range(1, length), steps - 1)), length]
 
 
-def _batch(tokenizer, rows: list[tuple[str, int, str, int]]) -> tuple[torch.Tensor, ...]:
+def _batch(tokenizer, rows: list[tuple[str, int, str, int]]) -> AttributionBatch:
     """rows: (question, response length, ground truth, steps). Real text through the real tokenizer."""
     rng = random.Random(0)
     text = " ".join(
@@ -89,11 +89,13 @@ def _batch(tokenizer, rows: list[tuple[str, int, str, int]]) -> tuple[torch.Tens
     for b, row_cuts in enumerate(cuts):
         boundaries[b, : len(row_cuts)] = torch.tensor(row_cuts)
     num_steps = torch.tensor([steps for *_, steps in rows])
-    return prompt_ids, prompt_mask, response_ids, response_mask, boundaries, num_steps, answer_ids, answer_mask
+    return AttributionBatch(
+        prompt_ids, prompt_mask, response_ids, response_mask, boundaries, num_steps, answer_ids, answer_mask
+    )
 
 
 @pytest.fixture(scope="module")
-def batch(tokenizer) -> tuple[torch.Tensor, ...]:
+def batch(tokenizer) -> AttributionBatch:
     # Different prompt, response and answer lengths; K = 1, K = max_steps, an empty response (one empty step).
     return _batch(
         tokenizer,
@@ -109,12 +111,12 @@ def batch(tokenizer) -> tuple[torch.Tensor, ...]:
 @pytest.fixture(scope="module")
 def packed_scores(model, batch) -> torch.Tensor:
     # One micro-batch: every row is padded and shifted to the longest one.
-    return score_answer_loglik(model, *batch, micro_batch_size=4)
+    return score_answer_loglik(model, batch, micro_batch_size=4)
 
 
 def test_packed_scores_equal_naive_forward_passes(model, batch, packed_scores):
-    naive = score_answer_loglik_naive(model, *batch, micro_batch_size=3)
-    num_steps = batch[5]
+    naive = score_answer_loglik_naive(model, batch, micro_batch_size=3)
+    num_steps = batch.num_steps
     assert packed_scores.shape == naive.shape == (4, MAX_STEPS + 1)
     assert packed_scores.dtype == torch.float32
     assert (packed_scores - naive).abs().max().item() <= 1e-4
@@ -126,25 +128,25 @@ def test_packed_scores_equal_naive_forward_passes(model, batch, packed_scores):
 
 
 def test_packed_scores_do_not_depend_on_micro_batching(model, batch, packed_scores):
-    one_at_a_time = score_answer_loglik(model, *batch, micro_batch_size=1)
+    one_at_a_time = score_answer_loglik(model, batch, micro_batch_size=1)
     assert (one_at_a_time - packed_scores).abs().max().item() <= 1e-5
 
 
 def test_packed_scores_are_logprobs_at_the_given_temperature(model, batch, packed_scores):
-    cold = score_answer_loglik(model, *batch, micro_batch_size=2, temperature=0.6)
-    cold_naive = score_answer_loglik_naive(model, *batch, micro_batch_size=8, temperature=0.6)
+    cold = score_answer_loglik(model, batch, micro_batch_size=2, temperature=0.6)
+    cold_naive = score_answer_loglik_naive(model, batch, micro_batch_size=8, temperature=0.6)
     assert (cold - cold_naive).abs().max().item() <= 1e-4
     assert (cold - packed_scores).abs().max().item() > 1e-2
 
 
 def test_empty_response_scores_the_same_context_twice_and_contributes_nothing(batch, packed_scores):
-    contributions = step_contributions(packed_scores, batch[5])
+    contributions = step_contributions(packed_scores, batch.num_steps)
     assert packed_scores[2, 0] == packed_scores[2, 1]
     assert torch.all(contributions[2] == 0)
 
 
 def test_contributions_telescope_to_last_minus_first_score(batch, packed_scores):
-    num_steps = batch[5]
+    num_steps = batch.num_steps
     contributions = step_contributions(packed_scores, num_steps)
     assert contributions.shape == (4, MAX_STEPS)
     last = packed_scores.gather(1, num_steps[:, None]).squeeze(1)
@@ -161,60 +163,17 @@ def test_step_contributions_hand_worked():
     torch.testing.assert_close(step_contributions(scores, torch.tensor([3, 1])), expected)
 
 
-def test_packed_layout_hand_worked():
-    # Row 0: q = [11, 12], o = [21, 22, 23], c = (0, 2, 3), Y = [31, 32].
-    # Row 1: q = [13], o = [24], c = (0, 1), Y = [33]. Its context is shifted to end at the same column (5).
-    prompt_ids = torch.tensor([[0, 11, 12], [0, 0, 13]])
-    prompt_mask = torch.tensor([[0, 1, 1], [0, 0, 1]])
-    response_ids = torch.tensor([[21, 22, 23], [24, 0, 0]])
-    response_mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
-    boundaries = torch.tensor([[0, 2, 3], [0, 1, -1]])
-    num_steps = torch.tensor([2, 1])
-    answer_ids = torch.tensor([[31, 32], [33, 0]])
-    answer_mask = torch.tensor([[1, 1], [1, 0]])
-    packed = build_packed_inputs(
-        prompt_ids, prompt_mask, response_ids, response_mask, boundaries, num_steps, answer_ids, answer_mask, 99
-    )
-    #                 |  q  |    o     | Y(0)  | Y(1)  | Y(2)  |
-    assert packed.input_ids.tolist() == [
-        [11, 12, 21, 22, 23, 31, 32, 31, 32, 31, 32],
-        [99, 99, 99, 13, 24, 33, 33, 99, 99, 99, 99],
-    ]
-    # Copy i continues from |q| + c_i: row 0 copies at 2 + 0, 2 + 2, 2 + 3; row 1 copies at 1 + 0, 1 + 1.
-    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 4, 2, 3, 4, 5, 5, 6], [0, 0, 0, 0, 1, 1, 2, 0, 0, 0, 0]]
-    attends = [[row.nonzero().flatten().tolist() for row in packed.attention_mask[b, 0]] for b in range(2)]
-    assert attends[0] == [
-        [0],
-        [0, 1],
-        [0, 1, 2],
-        [0, 1, 2, 3],
-        [0, 1, 2, 3, 4],
-        [0, 1, 5],  # Y(0): q only
-        [0, 1, 5, 6],
-        [0, 1, 2, 3, 7],  # Y(1): q, o_1, o_2
-        [0, 1, 2, 3, 7, 8],
-        [0, 1, 2, 3, 4, 9],  # Y(2): q and the whole response
-        [0, 1, 2, 3, 4, 9, 10],
-    ]
-    assert attends[1] == [[0], [1], [2], [3], [3, 4], [3, 5], [3, 4, 6], [7], [8], [9], [10]]
-    # Y_1 of copy i is predicted by the last visible context token, Y_j (j > 0) by copy token j - 1.
-    assert packed.predictor_columns[0].tolist() == [[1, 5], [3, 7], [4, 9]]
-    assert packed.predictor_columns[1, :2, 0].tolist() == [3, 4]
-    assert packed.target_mask.tolist() == [
-        [[True, True], [True, True], [True, True]],
-        [[True, False], [True, False], [False, False]],
-    ]
-    assert packed.logit_columns.tolist() == [1, 3, 4, 5, 7, 9]
-    assert packed.num_real_tokens == (2 + 3 + 3 * 2) + (1 + 1 + 2 * 1)
-
-
 def test_token_counts_hand_worked():
     prompt_mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
     response_mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
     boundaries = torch.tensor([[0, 1, 4], [0, 5, -1]])
     num_steps = torch.tensor([2, 1])
     answer_mask = torch.tensor([[1, 1], [1, 0]])
-    counts = packed_token_count(prompt_mask, response_mask, boundaries, num_steps, answer_mask)
+    counts = packed_token_count(
+        AttributionBatch(
+            prompt_mask, prompt_mask, response_mask, response_mask, boundaries, num_steps, answer_mask, answer_mask
+        )
+    )
     assert counts.plain_forward == (2 + 4) + (3 + 5)
     assert counts.packed == (2 + 4 + 3 * 2) + (3 + 5 + 2 * 1)
     # naive: sum over i of |q| + c_i + |Y| = (4 + 5 + 8) + (4 + 9).
@@ -268,14 +227,14 @@ def _small_batch() -> dict[str, torch.Tensor]:
 def test_bad_input_raises_naming_the_row(change, message):
     inputs = {**_small_batch(), **change}
     with pytest.raises(ValueError, match=message):
-        build_packed_inputs(**inputs)
+        check_attribution_batch(AttributionBatch(**inputs))
 
 
 def test_scoring_rejects_token_ids_outside_the_vocabulary(model):
     inputs = _small_batch()
     inputs["answer_ids"] = torch.tensor([[31, 32], [model.config.vocab_size, 0]])
     with pytest.raises(ValueError, match=r"answer_ids holds a token id >= the model's vocabulary.*row 1"):
-        score_answer_loglik(model, **inputs, micro_batch_size=2)
+        score_answer_loglik(model, AttributionBatch(**inputs), micro_batch_size=2)
 
 
 def test_step_contributions_rejects_non_finite_scores_naming_the_row():

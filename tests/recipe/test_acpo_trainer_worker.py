@@ -11,10 +11,12 @@ from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
 from verl.workers.utils.padding import response_from_nested
 
-from acpo_core.attribution import score_answer_loglik, score_answer_loglik_naive
+from acpo_core.attribution import AttributionBatch
+from acpo_core.scoring import score_answer_loglik, score_answer_loglik_naive
 from recipe.acpo.acpo_worker import (
-    AttributionInputs,
     attention_for_custom_masks,
+    attribution_batch_from_request,
+    attribution_request,
     build_naive_log_prob_batch,
     pad_rows_to_multiple,
 )
@@ -35,7 +37,7 @@ def model(tiny_model_dir: Path) -> Any:
     return loaded.eval()
 
 
-def _inputs(tokenizer: Any) -> AttributionInputs:
+def _inputs(tokenizer: Any) -> AttributionBatch:
     prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
     responses = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in RESPONSES]
     answers = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in ANSWERS]
@@ -60,23 +62,23 @@ def _inputs(tokenizer: Any) -> AttributionInputs:
         cuts = [0, 6, len(responses[i])] if i == 0 else [0, 5, 11, len(responses[i])]
         boundaries[i, : len(cuts)] = torch.tensor(cuts)
         num_steps[i] = len(cuts) - 1
-    return AttributionInputs(
+    return AttributionBatch(
         prompt_ids, prompt_mask, response_ids, response_mask, boundaries, num_steps, answer_ids, answer_mask
     )
 
 
 def test_flash_attention_model_is_scored_with_sdpa_and_restored(model: Any, qwen_tokenizer: Any) -> None:
     inputs = _inputs(qwen_tokenizer)
-    reference = score_answer_loglik(model, **inputs.as_dict(), micro_batch_size=2)
+    reference = score_answer_loglik(model, inputs, micro_batch_size=2)
     # The configuration verl's FSDP engine loads on a GPU with use_remove_padding (flash-attn kernels not needed:
     # the packed forward must not use them).
     model.config._attn_implementation_internal = "flash_attention_2"
     try:
         with pytest.raises(ValueError, match="4D attention mask"):
-            score_answer_loglik(model, **inputs.as_dict(), micro_batch_size=2)
+            score_answer_loglik(model, inputs, micro_batch_size=2)
         with attention_for_custom_masks(model):
             assert model.config._attn_implementation == "sdpa"
-            scores = score_answer_loglik(model, **inputs.as_dict(), micro_batch_size=2)
+            scores = score_answer_loglik(model, inputs, micro_batch_size=2)
         assert model.config._attn_implementation == "flash_attention_2"
         assert all(not hasattr(m.config, "_attn_was_changed") for m in model.modules() if hasattr(m, "config"))
     finally:
@@ -94,18 +96,18 @@ def test_eager_and_sdpa_models_are_left_as_they_are(model: Any) -> None:
 
 def test_attribution_request_pads_to_the_data_parallel_multiple(qwen_tokenizer: Any) -> None:
     inputs = _inputs(qwen_tokenizer)
-    request = inputs.to_tensordict(micro_batch_size=3, temperature=0.7)
+    request = attribution_request(inputs, micro_batch_size=3, temperature=0.7)
     padded, num_rows = pad_rows_to_multiple(request, 4)
     assert num_rows == 2 and len(padded) == 4
     assert torch.equal(padded["prompt_ids"][2], padded["prompt_ids"][1])
     assert tu.get_non_tensor_data(padded, "micro_batch_size", None) == 3
     assert tu.get_non_tensor_data(padded, "temperature", None) == 0.7
-    round_trip = AttributionInputs.from_tensordict(padded[:num_rows])
+    round_trip = attribution_batch_from_request(padded[:num_rows])
     assert all(torch.equal(a, b) for a, b in zip(round_trip.as_dict().values(), inputs.as_dict().values()))
     same, rows = pad_rows_to_multiple(request, 2)
     assert same is request and rows == 2
     with pytest.raises(KeyError, match="answer_mask"):
-        AttributionInputs.from_tensordict(TensorDict({"prompt_ids": inputs.prompt_ids}, batch_size=[2]))
+        attribution_batch_from_request(TensorDict({"prompt_ids": inputs.prompt_ids}, batch_size=[2]))
 
 
 def _verl_style_log_probs(model: Any, request: TensorDict) -> torch.Tensor:
@@ -130,7 +132,7 @@ def test_naive_request_in_verl_layout_reproduces_acpo_core_scores(model: Any, qw
     scores = torch.zeros(inputs.boundaries.shape)
     for (row, step), values in zip(owners.tolist(), answer_logprobs.unbind()):
         scores[row, step] = values.sum()
-    naive = score_answer_loglik_naive(model, **inputs.as_dict(), micro_batch_size=4)
-    packed = score_answer_loglik(model, **inputs.as_dict(), micro_batch_size=4)
+    naive = score_answer_loglik_naive(model, inputs, micro_batch_size=4)
+    packed = score_answer_loglik(model, inputs, micro_batch_size=4)
     torch.testing.assert_close(scores, naive, atol=1e-4, rtol=0)
     torch.testing.assert_close(scores, packed, atol=1e-4, rtol=0)
