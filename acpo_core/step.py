@@ -19,9 +19,23 @@ from acpo_core.attribution import AttributionBatch, packed_token_count, step_con
 from acpo_core.config import ACPOConfig
 from acpo_core.segmentation import StepSegmentation, VocabTables, segment_steps
 
-__all__ = ["ACPOBatch", "ACPOStepResult", "ScoreFn", "acpo_step_metrics", "compute_acpo_step"]
+__all__ = ["SPEC_METRICS", "ACPOBatch", "ACPOStepResult", "ScoreFn", "acpo_step_metrics", "compute_acpo_step"]
 
 ScoreFn = Callable[[AttributionBatch], torch.Tensor]
+# The spec §9 metrics every step logs (subsets such as attr_gain_correct are logged only when not empty).
+SPEC_METRICS = (
+    "acpo/steps_per_response",
+    "acpo/step_tokens_mean",
+    "acpo/boundary_marker_frac",
+    "acpo/attr_gain",
+    "acpo/helpful_frac",
+    "acpo/regime1_frac",
+    "acpo/regime2_frac",
+    "acpo/regime3_frac",
+    "acpo/w_mean",
+    "acpo/adv_attr_abs_mean",
+    "acpo/attr_tokens_ratio",
+)
 
 
 @dataclass

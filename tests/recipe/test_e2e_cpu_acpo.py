@@ -26,27 +26,15 @@ from typing import Any
 
 import pytest
 
+from acpo_core.step import SPEC_METRICS as STEP_METRICS
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 RESPONSE_LENGTH = 48
 MIN_STEP_TOKENS = 4
 TOLERANCE = 1e-4
-SPEC_METRICS = (
-    "acpo/steps_per_response",
-    "acpo/step_tokens_mean",
-    "acpo/boundary_marker_frac",
-    "acpo/attr_gain",
-    "acpo/helpful_frac",
-    "acpo/regime1_frac",
-    "acpo/regime2_frac",
-    "acpo/regime3_frac",
-    "acpo/w_mean",
-    "acpo/adv_attr_abs_mean",
-    "acpo/attr_tokens_ratio",
-    "timing_s/acpo_segment",
-    "timing_s/acpo_attribution",
-)
+SPEC_METRICS = (*STEP_METRICS, "timing_s/acpo_segment", "timing_s/acpo_attribution")
 
 
 def hashed_outcome(data_source: str, solution_str: str, ground_truth: str, extra_info: Any = None, **_: Any) -> float:
