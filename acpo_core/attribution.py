@@ -227,6 +227,38 @@ def check_attribution_batch(batch: AttributionBatch) -> AttributionLengths:
     return AttributionLengths(prompt=prompt_len, response=response_len, answer=answer_len, num_steps=steps)
 
 
+@dataclass(frozen=True)
+class ModelLimits:
+    """What the scoring model can take: checked on the driver before any work is dispatched."""
+
+    vocab_size: int | None = None  # rows of the input embedding: token ids must be below it
+    max_positions: int | None = None  # max_position_embeddings: position ids must be below it
+
+
+def check_vocabulary(batch: AttributionBatch, vocab_size: int | None) -> None:
+    """Raise naming the rows whose prompt, response or answer holds a token id >= ``vocab_size`` (None: no check)."""
+    if vocab_size is None:
+        return
+    for name in ("prompt_ids", "response_ids", "answer_ids"):
+        tensor = getattr(batch, name)
+        fail_rows(
+            (tensor >= vocab_size).any(dim=1), f"{name} holds a token id >= the model's vocabulary ({vocab_size})"
+        )
+
+
+def position_overflow(lengths: AttributionLengths, max_positions: int | None) -> torch.Tensor:
+    """[B] bool: responses whose answer copies would run past the model's trained positions.
+
+    Copy Y^(i) takes positions |q| + c_i .. |q| + c_i + |Y| - 1, the last copy (c_K = T) up to |q| + T + |Y| - 1,
+    which must stay below ``max_positions`` (Qwen2.5-Math-7B: 4096, which a 1024-token prompt and a 3072-token
+    response reach). Such responses are left out of attribution: their L is 0, so C_i = 0 and every step keeps the
+    outcome advantage A_base (spec §4 with s_i = 0); ``acpo/attr_position_skipped_frac`` counts them.
+    """
+    if max_positions is None:
+        return torch.zeros_like(lengths.prompt, dtype=torch.bool)
+    return lengths.prompt + lengths.response + lengths.answer > max_positions
+
+
 def packed_token_count(batch: AttributionBatch) -> AttributionTokenCounts:
     """Spec §3 cost: tokens scored by one plain forward over prompt + response, by the packed path and by the naive one.
 

@@ -115,6 +115,12 @@ class AttributionConfig:
     mode: Literal["packed", "naive"] = "packed"
     answer_template: str = "Answer: {answer}"
     micro_batch_size: int = 8
+    # Packed forward: flex (documents of one sequence, BlockMask), sdpa (dense [n, 1, S, S] mask), auto (flex on an
+    # accelerator, sdpa on CPU).
+    attention: Literal["auto", "flex", "sdpa"] = "auto"
+    # Tokens per packed forward (acpo_core.micro_batches); null: the log-prob pass's log_prob_max_token_len_per_gpu
+    # when its dynamic batch size is on, else micro_batch_size alone bounds a micro-batch.
+    max_tokens_per_micro_batch: int | None = None
 
     def validate(self, prefix: str = "attribution") -> None:
         _require(self.mode in ("packed", "naive"), f"{prefix}.mode", "must be 'packed' or 'naive'", self.mode)
@@ -140,6 +146,14 @@ class AttributionConfig:
             self.answer_template,
         )
         _check_int(self, prefix, "micro_batch_size", 1)
+        _require(
+            self.attention in ("auto", "flex", "sdpa"),
+            f"{prefix}.attention",
+            "must be auto, flex or sdpa",
+            self.attention,
+        )
+        if self.max_tokens_per_micro_batch is not None:
+            _check_int(self, prefix, "max_tokens_per_micro_batch", 1)
 
 
 @dataclass(frozen=True)

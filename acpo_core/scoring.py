@@ -2,54 +2,139 @@
 
 Two ways, equal to 1e-4 in fp32:
 
-- :func:`score_answer_loglik` (production, "packed"): one forward per micro-batch over the packed sequences of
-  :mod:`acpo_core.packing`, with a custom attention mask and ``logits_to_keep`` restricted to the columns that
-  predict answer tokens.
+- :func:`score_answer_loglik` (production, "packed"): one forward per micro-batch over packed rows ``[q, o, Y^(0..K)]``
+  with ``logits_to_keep`` restricted to the columns that predict answer tokens. ``attention="flex"``: the rows are
+  documents of one sequence with a flex-attention ``BlockMask`` (:mod:`acpo_core.document_packing`, no [S, S]
+  tensor; the model runs under ``attn_implementation="flex_attention"`` for that forward). ``attention="sdpa"``: the
+  rows are padded to the longest and take a dense [n, 1, S, S] boolean mask (:mod:`acpo_core.packing`; ``eager``
+  models are kept and given the additive form). Micro-batches follow :mod:`acpo_core.micro_batches`.
 - :func:`score_answer_loglik_naive` (the reference): K+1 plain forward passes ``[q, o_{<c_i}, Y]`` per response
   (:func:`acpo_core.attribution.naive_sequences`), with the model's own causal mask and position ids.
 
 Log-probabilities are those of ``logits / temperature`` (what verl's old-log-prob pass computes), in float32. The
-model's ``forward`` must accept ``position_ids``, ``logits_to_keep`` and, for the packed path, a 4D attention mask
-(used as-is by ``transformers.masking_utils``): attention implementations ``sdpa`` and ``eager``. Nothing here
-changes the model's train/eval mode: callers disable dropout as for any log-prob pass.
+model's ``forward`` must accept ``position_ids`` and ``logits_to_keep``. Nothing here changes the model's
+train/eval mode: callers disable dropout as for any log-prob pass. The attention implementation is switched for the
+packed forward only (:func:`attention_implementation`) and restored afterwards.
+
+Compilation (flex): transformers compiles ``flex_attention`` on first use; the packed forward runs with static
+shapes, so it compiles once per distinct padded length (:func:`acpo_core.document_packing.padded_width`: whole
+128-token blocks, at most 8 lengths per doubling; with a token budget most micro-batches share a few lengths).
+``benchmarks/bench_attribution_attention.py`` prints the count.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-from acpo_core.attribution import AttributionBatch, check_attribution_batch, naive_sequences
-from acpo_core.checks import fail_rows
+from acpo_core.attribution import (
+    AttributionBatch,
+    AttributionLengths,
+    check_attribution_batch,
+    check_vocabulary,
+    naive_sequences,
+)
+from acpo_core.document_packing import BLOCK_SIZE, block_mask, pack_documents, packed_lengths
+from acpo_core.micro_batches import plan_micro_batches
 from acpo_core.packing import pack_rows
 
-__all__ = ["SUPPORTED_ATTENTION", "score_answer_loglik", "score_answer_loglik_naive"]
+__all__ = [
+    "ATTENTION_CHOICES",
+    "attention_implementation",
+    "check_scoring_inputs",
+    "plan_scoring",
+    "resolve_attention",
+    "score_answer_loglik",
+    "score_answer_loglik_naive",
+]
 
-SUPPORTED_ATTENTION = ("sdpa", "eager")
+# acpo.attribution.attention: auto = flex on an accelerator, sdpa on CPU (faster there, see the benchmark).
+ATTENTION_CHOICES = ("auto", "flex", "sdpa")
+# Implementations that take the dense packed mask as they are.
+DENSE_MASK_ATTENTION = ("sdpa", "eager")
+FLEX_ATTENTION = "flex_attention"
+# Distinct padded lengths flex attention may be compiled for in one process (acpo_core.document_packing.padded_width).
+FLEX_RECOMPILE_LIMIT = 64
 
 
-def _attention_implementation(model: Any) -> str:
-    implementation = getattr(model.config, "_attn_implementation", None)
-    if implementation not in SUPPORTED_ATTENTION:
-        raise ValueError(
-            f"packed attribution needs a custom 4D attention mask, which attention implementation "
-            f"{implementation!r} does not take: load the model with attn_implementation='sdpa' or 'eager'"
-        )
-    return implementation
+def resolve_attention(attention: str, device: torch.device | str) -> str:
+    """``flex`` or ``sdpa`` for ``acpo.attribution.attention`` on ``device`` (``auto``: flex unless on CPU)."""
+    if attention not in ATTENTION_CHOICES:
+        raise ValueError(f"acpo.attribution.attention must be one of {ATTENTION_CHOICES}, got {attention!r}")
+    if attention == "auto":
+        return "sdpa" if torch.device(device).type == "cpu" else "flex"
+    return attention
 
 
-def _check_scoring_args(model: Any, batch: AttributionBatch, micro_batch_size: int, temperature: float) -> None:
-    if not isinstance(micro_batch_size, int) or isinstance(micro_batch_size, bool) or micro_batch_size < 1:
-        raise ValueError(f"micro_batch_size must be a positive integer, got {micro_batch_size!r}")
-    if not (isinstance(temperature, int | float) and temperature > 0 and temperature != float("inf")):
-        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-    embeddings = model.get_input_embeddings()
-    vocab = getattr(embeddings, "num_embeddings", None)
-    if vocab is not None:
-        for name in ("prompt_ids", "response_ids", "answer_ids"):
-            tensor = getattr(batch, name)
-            fail_rows((tensor >= vocab).any(dim=1), f"{name} holds a token id >= the model's vocabulary ({vocab})")
+def _configs_of(model: Any) -> list[Any]:
+    """Every distinct config of the model and of its sub-models and sub-configs (attention is set per config)."""
+    seen: dict[int, Any] = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is None or not hasattr(config, "_attn_implementation"):
+            continue
+        seen.setdefault(id(config), config)
+        for key in getattr(config, "sub_configs", {}) or {}:
+            sub = getattr(config, key, None)
+            if sub is not None and hasattr(sub, "_attn_implementation"):
+                seen.setdefault(id(sub), sub)
+    return list(seen.values())
+
+
+@contextmanager
+def attention_implementation(model: Any, attention: str) -> Iterator[str]:
+    """Run the body with the attention implementation the packed path ``attention`` needs; yield its name.
+
+    ``flex``: ``flex_attention``. ``sdpa``: ``sdpa`` and ``eager`` are kept; anything else (``flash_attention_2``
+    with verl's remove-padding patches, a kernel) is switched to ``sdpa``. A switch goes through
+    ``set_attn_implementation`` and is undone on exit, including the sub-model configs it marks as changed.
+    """
+    current = getattr(model.config, "_attn_implementation", None)
+    wanted = FLEX_ATTENTION if attention == "flex" else "sdpa"
+    if current == wanted or (attention != "flex" and current in DENSE_MASK_ATTENTION):
+        yield current
+        return
+    saved = [(c, c._attn_implementation_internal, hasattr(c, "_attn_was_changed")) for c in _configs_of(model)]
+    try:
+        model.set_attn_implementation(wanted)
+        if model.config._attn_implementation != wanted:
+            raise RuntimeError(
+                f"{type(model).__name__} did not switch from attention {current!r} to {wanted!r}, which packed "
+                "attribution needs: set acpo.attribution.attention to the other path or acpo.attribution.mode=naive"
+            )
+        yield wanted
+    finally:
+        for config, implementation, had_marker in saved:
+            config._attn_implementation_internal = implementation
+            if not had_marker and hasattr(config, "_attn_was_changed"):
+                del config._attn_was_changed
+
+
+def check_scoring_inputs(
+    model: Any, batch: AttributionBatch, micro_batch_size: int, temperature: float, first_row: int = 0
+) -> AttributionLengths:
+    """Everything scoring checks before a forward pass; returns the batch's valid lengths.
+
+    ``first_row``: the index of this batch's first row in a larger request (a rank's share), added to the message.
+    Raises:
+        ValueError: see :func:`acpo_core.attribution.check_attribution_batch`; also a token id outside the model's
+        vocabulary, a bad micro-batch size or temperature.
+    """
+    try:
+        if not isinstance(micro_batch_size, int) or isinstance(micro_batch_size, bool) or micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be a positive integer, got {micro_batch_size!r}")
+        if not (isinstance(temperature, int | float) and temperature > 0 and temperature != float("inf")):
+            raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+        lengths = check_attribution_batch(batch)
+        check_vocabulary(batch, getattr(model.get_input_embeddings(), "num_embeddings", None))
+    except ValueError as err:
+        if first_row:
+            raise ValueError(f"{err} (row numbers of this share; its row 0 is row {first_row} of the request)") from err
+        raise
+    return lengths
 
 
 def _answer_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -58,59 +143,119 @@ def _answer_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: f
     return scaled.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(scaled, dim=1)
 
 
+def _hidden_size(model: Any) -> int:
+    config = model.config
+    return int(getattr(config, "hidden_size", None) or getattr(config.get_text_config(), "hidden_size", 1))
+
+
+def plan_scoring(
+    model: Any,
+    batch: AttributionBatch,
+    lengths: AttributionLengths,
+    micro_batch_size: int,
+    attention: str,
+    token_budget: int | None = None,
+    min_micro_batches: int = 1,
+) -> list[torch.Tensor]:
+    """The micro-batches (row indices) :func:`score_answer_loglik` runs (:func:`plan_micro_batches`)."""
+    return plan_micro_batches(
+        packed_lengths(lengths),
+        micro_batch_size,
+        token_budget,
+        resolve_attention(attention, batch.prompt_ids.device),
+        _hidden_size(model),
+        BLOCK_SIZE,
+        min_micro_batches,
+    )
+
+
+def _dense_micro_batch(
+    model: Any, implementation: str, batch: AttributionBatch, lengths: AttributionLengths, temperature: float
+) -> torch.Tensor:
+    """L [n, K1] of one micro-batch, rows padded to the longest with the dense [n, 1, S, S] mask."""
+    packed = pack_rows(batch, lengths, pad_token_id=0)
+    mask = packed.attention_mask
+    if implementation == "eager":
+        # eager attention adds the mask to the scores; sdpa takes the boolean mask directly.
+        dtype = model.dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    logits = model(
+        input_ids=packed.input_ids,
+        attention_mask=mask,
+        position_ids=packed.position_ids,
+        logits_to_keep=packed.logit_columns,
+        use_cache=False,
+    ).logits  # [n, U, V]
+    row, copy, offset = packed.target_mask.nonzero(as_tuple=True)
+    kept = torch.searchsorted(packed.logit_columns, packed.predictor_columns[row, copy, offset])
+    logprobs = _answer_logprobs(logits[row, kept], packed.target_ids[row, offset], temperature)
+    return _sum_per_copy(row, copy, logprobs, packed.target_mask.shape[:2])
+
+
+def _flex_micro_batch(
+    model: Any, batch: AttributionBatch, lengths: AttributionLengths, temperature: float
+) -> torch.Tensor:
+    """L [n, K1] of one micro-batch, rows as documents of one sequence under a flex-attention BlockMask."""
+    packed = pack_documents(batch, lengths, pad_token_id=0)
+    # Static shapes: one compiled kernel per padded length (inductor's dynamic-shape flex kernel does not build on
+    # CPU with torch 2.13), and room for every padded length a run can meet.
+    with torch._dynamo.config.patch(automatic_dynamic_shapes=False, recompile_limit=FLEX_RECOMPILE_LIMIT):
+        logits = model(
+            input_ids=packed.input_ids,
+            attention_mask=block_mask(packed),
+            position_ids=packed.position_ids,
+            logits_to_keep=packed.logit_columns,
+            use_cache=False,
+        ).logits[0]  # [U, V]
+    row, copy, offset = packed.target_mask.nonzero(as_tuple=True)
+    kept = torch.searchsorted(packed.logit_columns, packed.predictor_columns[row, copy, offset])
+    logprobs = _answer_logprobs(logits[kept], packed.target_ids[row, offset], temperature)
+    return _sum_per_copy(row, copy, logprobs, packed.target_mask.shape[:2])
+
+
+def _sum_per_copy(row: torch.Tensor, copy: torch.Tensor, logprobs: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    scores = torch.zeros(shape, dtype=torch.float32, device=logprobs.device)
+    return scores.index_put_((row, copy), logprobs, accumulate=True)
+
+
 @torch.no_grad()
 def score_answer_loglik(
-    model: Any, batch: AttributionBatch, micro_batch_size: int, temperature: float = 1.0
+    model: Any,
+    batch: AttributionBatch,
+    micro_batch_size: int,
+    temperature: float = 1.0,
+    attention: str = "sdpa",
+    token_budget: int | None = None,
+    min_micro_batches: int = 1,
 ) -> torch.Tensor:
     """Spec §3, packed (production) path: L_i = sum_y log pi(y | q, o_{<c_i}, Y_{<y}) for every response and i = 0..K.
 
-    Responses are sorted by packed length and scored ``micro_batch_size`` at a time, each micro-batch trimmed to its
-    own longest row; one forward per micro-batch with the 4D mask of :func:`acpo_core.packing.build_packed_inputs`
-    and ``logits_to_keep`` restricted to the columns that predict answer tokens. No gradient.
-
     Args:
-        model: a Hugging Face causal LM (attention ``sdpa`` or ``eager``), on the inputs' device.
+        model: a Hugging Face causal LM on the inputs' device.
         batch: :class:`acpo_core.attribution.AttributionBatch` of B responses.
-        micro_batch_size: responses per forward pass.
+        micro_batch_size: at most this many responses per forward pass.
         temperature: log-probs are those of ``logits / temperature`` (verl's old-log-prob convention).
+        attention: ``flex``, ``sdpa`` or ``auto`` (:func:`resolve_attention`).
+        token_budget: at most this many tokens per forward (:mod:`acpo_core.micro_batches`); None: no limit.
+        min_micro_batches: run at least this many forwards (equal counts on FSDP ranks).
     Returns:
         L: [B, Kmax+1] float32; 0 beyond K_b.
     Raises:
         ValueError: see :func:`acpo_core.attribution.check_attribution_batch`; also a token id outside the model's
-        vocabulary, an attention implementation that takes no 4D mask, a bad micro-batch size or temperature.
+        vocabulary, a bad micro-batch size, temperature or attention choice.
     """
-    lengths = check_attribution_batch(batch)
-    _check_scoring_args(model, batch, micro_batch_size, temperature)
-    implementation = _attention_implementation(model)
-    device = batch.prompt_ids.device
-    batch_size = len(batch)
-    scores = torch.zeros(batch_size, batch.boundaries.shape[1], dtype=torch.float32, device=device)
-    # Similar lengths share a micro-batch, so trimming to the longest row wastes little.
-    packed_len = lengths.prompt + lengths.response + (lengths.num_steps + 1) * lengths.answer
-    order = torch.argsort(packed_len, descending=True, stable=True)
-    for start in range(0, batch_size, micro_batch_size):
-        rows = order[start : start + micro_batch_size]
-        packed = pack_rows(batch.select(rows), lengths.select(rows), pad_token_id=0)
-        if implementation == "eager":
-            # eager attention adds the mask to the scores; sdpa takes the boolean mask directly.
-            dtype = model.dtype
-            mask = torch.zeros(packed.attention_mask.shape, dtype=dtype, device=device)
-            mask = mask.masked_fill(~packed.attention_mask, torch.finfo(dtype).min)
-        else:
-            mask = packed.attention_mask
-        logits = model(
-            input_ids=packed.input_ids,
-            attention_mask=mask,
-            position_ids=packed.position_ids,
-            logits_to_keep=packed.logit_columns,
-            use_cache=False,
-        ).logits  # [n, U, V]
-        row, copy, offset = packed.target_mask.nonzero(as_tuple=True)
-        kept = torch.searchsorted(packed.logit_columns, packed.predictor_columns[row, copy, offset])
-        logprobs = _answer_logprobs(logits[row, kept], packed.target_ids[row, offset], temperature)
-        micro_scores = torch.zeros(rows.numel(), packed.target_mask.shape[1], dtype=torch.float32, device=device)
-        micro_scores.index_put_((row, copy), logprobs, accumulate=True)
-        scores[rows, : micro_scores.shape[1]] = micro_scores
+    lengths = check_scoring_inputs(model, batch, micro_batch_size, temperature)
+    path = resolve_attention(attention, batch.prompt_ids.device)
+    plan = plan_scoring(model, batch, lengths, micro_batch_size, path, token_budget, min_micro_batches)
+    scores = torch.zeros(len(batch), batch.boundaries.shape[1], dtype=torch.float32, device=batch.prompt_ids.device)
+    with attention_implementation(model, path) as implementation:
+        for rows in plan:
+            part, part_lengths = batch.select(rows), lengths.select(rows)
+            if path == "flex":
+                micro_scores = _flex_micro_batch(model, part, part_lengths, temperature)
+            else:
+                micro_scores = _dense_micro_batch(model, implementation, part, part_lengths, temperature)
+            scores[rows, : micro_scores.shape[1]] = micro_scores
     return scores
 
 
@@ -127,8 +272,7 @@ def score_answer_loglik_naive(
     Returns:
         L: [B, Kmax+1] float32; 0 beyond K_b.
     """
-    lengths = check_attribution_batch(batch)
-    _check_scoring_args(model, batch, micro_batch_size, temperature)
+    lengths = check_scoring_inputs(model, batch, micro_batch_size, temperature)
     device = batch.prompt_ids.device
     scores = torch.zeros(len(batch), batch.boundaries.shape[1], dtype=torch.float32, device=device)
     jobs = naive_sequences(batch, lengths)

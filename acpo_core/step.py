@@ -15,7 +15,15 @@ from dataclasses import dataclass
 import torch
 
 from acpo_core.advantage import ACPOAdvantage, compute_acpo_advantage
-from acpo_core.attribution import AttributionBatch, packed_token_count, step_contributions
+from acpo_core.attribution import (
+    AttributionBatch,
+    ModelLimits,
+    check_attribution_batch,
+    check_vocabulary,
+    packed_token_count,
+    position_overflow,
+    step_contributions,
+)
 from acpo_core.config import ACPOConfig
 from acpo_core.segmentation import StepSegmentation, VocabTables, segment_steps
 
@@ -132,6 +140,7 @@ def compute_acpo_step(
     cfg: ACPOConfig,
     score_fn: ScoreFn,
     timing: dict[str, float] | None = None,
+    limits: ModelLimits | None = None,
 ) -> ACPOStepResult:
     """Spec §2-5 on one batch: segmentation, attribution, per-token advantages and the §9 metrics.
 
@@ -141,6 +150,9 @@ def compute_acpo_step(
         cfg: the ``acpo:`` block.
         score_fn: L [R, max_steps + 1] of the real rows' :class:`acpo_core.attribution.AttributionBatch`.
         timing: seconds are added under ``acpo_segment`` and ``acpo_attribution``.
+        limits: the scoring model's vocabulary and positions. The whole attribution batch is checked here, before
+            ``score_fn`` dispatches anything; responses past ``max_positions`` are left out of attribution
+            (:func:`acpo_core.attribution.position_overflow`).
     Returns:
         :class:`ACPOStepResult`; ``token_advantages`` is 0 on padding rows.
     Raises:
@@ -163,13 +175,21 @@ def compute_acpo_step(
         answer_ids=batch.answer_ids[real_rows],
         answer_mask=batch.answer_mask[real_rows],
     )
+    limits = limits or ModelLimits()
+    lengths = check_attribution_batch(inputs)
+    check_vocabulary(inputs, limits.vocab_size)
+    overflow = position_overflow(lengths, limits.max_positions)
+    scored = (~overflow).nonzero().flatten()
+    answer_loglik = torch.zeros(segmentation.boundaries.shape, dtype=torch.float32)
     with _timed("acpo_attribution", timing):
-        answer_loglik = score_fn(inputs).float().cpu()
-    if answer_loglik.shape != segmentation.boundaries.shape:
-        raise RuntimeError(
-            f"attribution returned L of shape {tuple(answer_loglik.shape)}, expected "
-            f"{tuple(segmentation.boundaries.shape)} (one row per response, max_steps + 1 columns)"
-        )
+        if scored.numel():
+            scored_loglik = score_fn(inputs.select(scored)).float().cpu()
+            if scored_loglik.shape != (scored.numel(), answer_loglik.shape[1]):
+                raise RuntimeError(
+                    f"attribution returned L of shape {tuple(scored_loglik.shape)}, expected "
+                    f"{(scored.numel(), answer_loglik.shape[1])} (one row per response, max_steps + 1 columns)"
+                )
+            answer_loglik[scored.cpu()] = scored_loglik
     contributions = step_contributions(answer_loglik, segmentation.num_steps)
     advantage = compute_acpo_advantage(
         batch.base_advantages[real_rows],
@@ -186,6 +206,7 @@ def compute_acpo_step(
     ratio = counts.packed_over_plain if cfg.attribution.mode == "packed" else counts.naive_over_plain
     metrics = acpo_step_metrics(segmentation, advantage.metrics, ratio)
     metrics["acpo/textless_token_frac"] = textless
+    metrics["acpo/attr_position_skipped_frac"] = float(overflow.float().mean()) if len(overflow) else 0.0
     return ACPOStepResult(
         token_advantages=token_advantages,
         metrics=metrics,

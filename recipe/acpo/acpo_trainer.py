@@ -46,9 +46,10 @@ from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils.config import omega_conf_to_dataclass
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
-from acpo_core.attribution import AttributionBatch
+from acpo_core.attribution import AttributionBatch, ModelLimits
 from acpo_core.config import ACPOConfig
 from acpo_core.segmentation import VocabTables
 from acpo_core.step import ACPOBatch, ACPOStepResult, compute_acpo_step
@@ -64,9 +65,14 @@ from recipe.acpo.curriculum import CurriculumMixin
 from recipe.acpo.merge import check_stage2_model_path
 from recipe.acpo.rollout_batch import ACPO_TQ_FIELDS, nested_lengths, read_acpo_batch
 
-__all__ = ["ACPOTrainer", "validate_acpo_trainer_config"]
+__all__ = ["ACPOTrainer", "attribution_token_budget", "validate_acpo_trainer_config"]
 
 CROSS_CHECK_ENV = "ACPO_ATTRIBUTION_CROSS_CHECK"
+# Ulysses sequence parallel sizes of the actor (the model attribution runs on), in verl 0.9.1's config.
+SEQUENCE_PARALLEL_KEYS = (
+    "actor_rollout_ref.actor.ulysses_sequence_parallel_size",
+    "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size",
+)
 
 
 def validate_acpo_trainer_config(config: DictConfig) -> ACPOConfig:
@@ -99,9 +105,29 @@ def validate_acpo_trainer_config(config: DictConfig) -> ACPOConfig:
             "actor_rollout_ref.model.use_fused_kernels=True gives no logits to the packed attribution pass: set it "
             "to False or acpo.attribution.mode=naive"
         )
+    if acpo_cfg.attribution.mode == "packed":
+        for key in SEQUENCE_PARALLEL_KEYS:
+            size = OmegaConf.select(config, key, default=1) or 1
+            if int(size) > 1:
+                raise ValueError(
+                    f"{key}={size}: packed attribution scores whole sequences on every Ulysses rank (SP times the "
+                    "cost, none of the memory saving); set it to 1 or acpo.attribution.mode=naive (verl's own "
+                    "compute_log_prob, which splits sequences across the SP group)"
+                )
     if acpo_cfg.stage == 2:
         check_stage2_model_path(config.actor_rollout_ref.model)
     return acpo_cfg
+
+
+def attribution_token_budget(config: DictConfig, acpo_cfg: ACPOConfig) -> int | None:
+    """Tokens per packed attribution forward: ``acpo.attribution.max_tokens_per_micro_batch``, else the log-prob
+    pass's ``log_prob_max_token_len_per_gpu`` when ``log_prob_use_dynamic_bsz`` is on, else None (rows only)."""
+    if acpo_cfg.attribution.max_tokens_per_micro_batch is not None:
+        return acpo_cfg.attribution.max_tokens_per_micro_batch
+    rollout = config.actor_rollout_ref.rollout
+    if rollout.get("log_prob_use_dynamic_bsz", False):
+        return int(rollout.log_prob_max_token_len_per_gpu)
+    return None
 
 
 class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
@@ -115,12 +141,18 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
         self.acpo_config = validate_acpo_trainer_config(config)
         super().__init__(config)
         self.vocab_tables: VocabTables | None = None
+        self.model_limits = ModelLimits()
         self.cross_check_attribution = os.environ.get(CROSS_CHECK_ENV, "0") == "1"
 
     # ------------------------------------------------------------------ setup
     def _init_tokenizer(self) -> None:
         super()._init_tokenizer()
         self.vocab_tables = VocabTables.from_tokenizer(self.tokenizer, self.acpo_config.segmentation.markers)
+        hf_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.model).hf_config.get_text_config()
+        self.model_limits = ModelLimits(
+            vocab_size=getattr(hf_config, "vocab_size", None),
+            max_positions=getattr(hf_config, "max_position_embeddings", None),
+        )
 
     def _init_resource_pool_mgr(self) -> None:
         """verl's pools and roles, with the actor role played by the ACPO worker (attribution scoring)."""
@@ -145,9 +177,11 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
         temperature = float(self.config.actor_rollout_ref.rollout.temperature)
         dp_size = self._actor_dp_size()
         if mode == "packed":
-            request, num_rows = pad_rows_to_multiple(
-                attribution_request(inputs, attribution.micro_batch_size, temperature), dp_size
+            budget = attribution_token_budget(self.config, self.acpo_config)
+            request = attribution_request(
+                inputs, attribution.micro_batch_size, temperature, attribution.attention, budget
             )
+            request, num_rows = pad_rows_to_multiple(request, dp_size)
             output = self.actor_rollout_wg.compute_answer_loglik(request)
             return output[ANSWER_LOGLIK_KEY][:num_rows].float()
         # Reference path: verl's own log-prob pass on K+1 separate sequences per response.
@@ -186,7 +220,7 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
         other_mode = "naive" if cfg.attribution.mode == "packed" else "packed"
         other_cfg = dataclasses.replace(cfg, attribution=dataclasses.replace(cfg.attribution, mode=other_mode))
         scorer = partial(self._score_answers, mode=other_mode)
-        other = compute_acpo_step(view, self.vocab_tables, other_cfg, scorer)
+        other = compute_acpo_step(view, self.vocab_tables, other_cfg, scorer, limits=self.model_limits)
         return {
             "acpo/check/answer_loglik_max_abs_diff": float((result.answer_loglik - other.answer_loglik).abs().max()),
             "acpo/check/advantage_max_abs_diff": float((result.token_advantages - other.token_advantages).abs().max()),
@@ -198,7 +232,7 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
         view, response_mask = self._read_acpo_batch(batch, tags)
         cfg = self.acpo_config
         scorer = partial(self._score_answers, mode=cfg.attribution.mode)
-        result = compute_acpo_step(view, self.vocab_tables, cfg, scorer, self._timing())
+        result = compute_acpo_step(view, self.vocab_tables, cfg, scorer, self._timing(), self.model_limits)
         step_metrics = dict(result.metrics)
         if self.cross_check_attribution:
             step_metrics.update(self._cross_check(view, result))

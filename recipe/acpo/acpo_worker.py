@@ -1,16 +1,15 @@
 """The actor worker of ACPO: verl's ``ActorRolloutRefWorker`` plus spec §3 attribution scoring on its own model.
 
-``ACPOActorRolloutRefWorker.compute_answer_loglik`` runs acpo_core's packed scoring (one sequence per response,
-``[q, o, Y^(0), ..., Y^(K)]`` with a 4D attention mask) on the worker's FSDP model, without gradients, in micro-batches
-of ``acpo.attribution.micro_batch_size`` responses, under the same autocast dtype as verl's log-prob pass. It is
-dispatched like verl's ``compute_log_prob`` (``make_nd_compute_dataproto_dispatch_fn(mesh_name="actor")``): the driver
-pads the batch to a multiple of the data-parallel size, every data-parallel rank scores an equal share, and the
-Ulysses source rank of each group returns it. Equal shares mean an equal number of forward passes on every rank,
-which FSDP's collective parameter gathers require.
-
-The packed mask is a custom 4D mask, which flash-attention with remove-padding (verl's usual training forward on a
-GPU) does not take: :func:`attention_for_custom_masks` switches the model to ``sdpa`` for this forward only and
-restores the training implementation afterwards.
+``ACPOActorRolloutRefWorker.compute_answer_loglik`` runs acpo_core's packed scoring (``acpo_core.scoring``:
+``acpo.attribution.attention`` flex, one sequence of documents under a BlockMask, or sdpa, a dense 4D mask) on the
+worker's FSDP model, without gradients, under the same autocast dtype as verl's log-prob pass, in micro-batches of
+at most ``acpo.attribution.micro_batch_size`` responses and the token budget. It is dispatched like verl's
+``compute_log_prob`` (``make_nd_compute_dataproto_dispatch_fn(mesh_name="actor")``): the driver pads the batch to a
+multiple of the data-parallel size and every data-parallel rank scores an equal share. FSDP's collective parameter
+gathers need an equal number of forward passes on every rank: the ranks agree on the largest micro-batch count (and
+on whether any share is bad) in one all-reduce before the first forward. The packed forward's attention
+implementation (flex_attention or sdpa instead of verl's flash-attention with remove-padding) is switched for that
+forward only and restored afterwards (``acpo_core.scoring.attention_implementation``).
 
 The driver-side halves live here too, so that the wire format has one owner: :func:`attribution_request` (an
 ``acpo_core.attribution.AttributionBatch`` as a TensorDict for the worker) and :func:`build_naive_log_prob_batch`
@@ -33,12 +32,11 @@ from verl.utils.device import get_device_id, get_device_name
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from acpo_core.attribution import AttributionBatch, check_attribution_batch, naive_sequences
-from acpo_core.scoring import SUPPORTED_ATTENTION, score_answer_loglik
+from acpo_core.scoring import check_scoring_inputs, plan_scoring, score_answer_loglik
 
 __all__ = [
     "ANSWER_LOGLIK_KEY",
     "ACPOActorRolloutRefWorker",
-    "attention_for_custom_masks",
     "attribution_batch_from_request",
     "attribution_request",
     "build_naive_log_prob_batch",
@@ -47,16 +45,28 @@ __all__ = [
 ]
 
 ANSWER_LOGLIK_KEY = "answer_loglik"
-# The attention implementation used for the packed forward when the training one takes no 4D mask.
-PACKED_ATTENTION = "sdpa"
+# Scoring settings carried as non-tensor data of the request (token_budget 0: no budget).
+SCORING_DEFAULTS: dict[str, Any] = {"micro_batch_size": 8, "temperature": 1.0, "attention": "auto", "token_budget": 0}
 SUPPORTED_STRATEGIES = ("fsdp", "fsdp2")
 
 
-def attribution_request(batch: AttributionBatch, micro_batch_size: int, temperature: float) -> TensorDict:
+def attribution_request(
+    batch: AttributionBatch,
+    micro_batch_size: int,
+    temperature: float,
+    attention: str = "auto",
+    token_budget: int | None = None,
+) -> TensorDict:
     """The worker's input for :meth:`ACPOActorRolloutRefWorker.compute_answer_loglik`: the tensors of ``batch``
-    plus the scoring settings as non-tensor data."""
+    plus the scoring settings (``acpo.attribution``, the rollout temperature) as non-tensor data."""
     td = TensorDict(batch.as_dict(), batch_size=[len(batch)])
-    tu.assign_non_tensor(td, micro_batch_size=int(micro_batch_size), temperature=float(temperature))
+    tu.assign_non_tensor(
+        td,
+        micro_batch_size=int(micro_batch_size),
+        temperature=float(temperature),
+        attention=str(attention),
+        token_budget=int(token_budget or 0),
+    )
     return td
 
 
@@ -85,50 +95,6 @@ def pad_rows_to_multiple(td: TensorDict, multiple: int) -> tuple[TensorDict, int
     filler = torch.full((multiple - remainder,), num_rows - 1, dtype=torch.long)
     index = torch.cat([torch.arange(num_rows), filler])
     return tu.index_select_tensor_dict(td, index), num_rows
-
-
-def _configs_of(model: Any) -> list[Any]:
-    """Every distinct config of the model and of its sub-models and sub-configs (attention is set per config)."""
-    seen: dict[int, Any] = {}
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if config is None or not hasattr(config, "_attn_implementation"):
-            continue
-        seen.setdefault(id(config), config)
-        for key in getattr(config, "sub_configs", {}) or {}:
-            sub = getattr(config, key, None)
-            if sub is not None and hasattr(sub, "_attn_implementation"):
-                seen.setdefault(id(sub), sub)
-    return list(seen.values())
-
-
-@contextmanager
-def attention_for_custom_masks(model: Any) -> Iterator[None]:
-    """Run the body with an attention implementation that takes a custom 4D mask.
-
-    ``sdpa`` and ``eager`` are kept as they are. Anything else (``flash_attention_2`` with verl's remove-padding
-    patches, a kernel) is switched to ``sdpa`` through ``set_attn_implementation`` and restored on exit, including
-    the sub-model configs that ``set_attn_implementation`` marks as changed.
-    """
-    current = getattr(model.config, "_attn_implementation", None)
-    if current in SUPPORTED_ATTENTION:
-        yield
-        return
-    configs = _configs_of(model)
-    saved = [(c, c._attn_implementation_internal, hasattr(c, "_attn_was_changed")) for c in configs]
-    try:
-        model.set_attn_implementation(PACKED_ATTENTION)
-        if model.config._attn_implementation != PACKED_ATTENTION:
-            raise RuntimeError(
-                f"{type(model).__name__} did not switch from attention {current!r} to {PACKED_ATTENTION!r}, which "
-                "packed attribution needs for its 4D mask; set acpo.attribution.mode=naive for this model"
-            )
-        yield
-    finally:
-        for config, implementation, had_marker in saved:
-            config._attn_implementation_internal = implementation
-            if not had_marker and hasattr(config, "_attn_was_changed"):
-                del config._attn_was_changed
 
 
 @contextmanager
@@ -180,32 +146,67 @@ class ACPOActorRolloutRefWorker(ActorRolloutRefWorker):
                 "no logits, which packed attribution needs: set it to False or acpo.attribution.mode=naive"
             )
 
+    def _agree_across_ranks(self, micro_batches: int, failed: bool) -> tuple[int, bool]:
+        """The largest micro-batch count of all ranks, and whether any rank failed (one all-reduce, no forward)."""
+        if not torch.distributed.is_initialized():
+            return micro_batches, failed
+        flags = torch.tensor([micro_batches, int(failed)], dtype=torch.long, device=get_device_id())
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        return int(flags[0]), bool(flags[1])
+
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def compute_answer_loglik(self, data: TensorDict) -> TensorDict:
         """Spec §3: L [N, Kmax+1] (float32) of this rank's share of responses, as ``answer_loglik``.
 
-        ``data`` is :func:`attribution_request`: the padded tensors plus ``micro_batch_size`` and
-        ``temperature`` (the rollout temperature, as in verl's old-log-prob pass).
+        ``data`` is :func:`attribution_request`: the padded tensors plus the scoring settings. Every rank first checks
+        its share and plans its micro-batches, then the ranks agree (one all-reduce) on the largest micro-batch count
+        and on whether any rank's share is bad: a bad share raises on every rank before any forward pass (no rank is
+        left waiting in an FSDP collective), naming the rank and the rows of the whole request.
         """
         self._check_acpo_support()
         inputs = attribution_batch_from_request(data)
-        micro_batch_size = int(tu.get_non_tensor_data(data, "micro_batch_size", default=8))
-        temperature = float(tu.get_non_tensor_data(data, "temperature", default=1.0))
+        settings = {key: tu.get_non_tensor_data(data, key, default=value) for key, value in SCORING_DEFAULTS.items()}
+        settings["token_budget"] = int(settings["token_budget"]) or None
         engine = self.actor.engine
         # The device verl's engine feeds its inputs to (its parameters may live on the CPU under offloading).
-        device = get_device_id()
+        inputs = inputs.to(get_device_id())
+        model = engine.module
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        first_row = engine.get_data_parallel_rank() * len(inputs)
+        error = None
+        micro_batches = 0
+        try:
+            micro_batches = len(
+                plan_scoring(
+                    model,
+                    inputs,
+                    check_scoring_inputs(model, inputs, int(settings["micro_batch_size"]), 1.0, first_row),
+                    int(settings["micro_batch_size"]),
+                    str(settings["attention"]),
+                    settings["token_budget"],
+                )
+            )
+        except ValueError as err:
+            error = f"compute_answer_loglik on rank {rank}: {err}"
+        micro_batches, failed = self._agree_across_ranks(micro_batches, error is not None)
+        if failed:
+            raise RuntimeError(error or f"compute_answer_loglik on rank {rank}: another rank's share is bad (see it)")
         autocast_dtype = getattr(engine, "_autocast_dtype", torch.float32)
         autocast = (
             nullcontext()
             if autocast_dtype == torch.float32
             else torch.autocast(device_type=get_device_name(), dtype=autocast_dtype)
         )
-        with engine.eval_mode(), torch.no_grad():
-            model = engine.module
-            with attention_for_custom_masks(model), autocast:
-                scores = score_answer_loglik(
-                    model, inputs.to(device), micro_batch_size=micro_batch_size, temperature=temperature
-                )
+        with engine.eval_mode(), torch.no_grad(), autocast:
+            scores = score_answer_loglik(
+                model,
+                inputs,
+                micro_batch_size=int(settings["micro_batch_size"]),
+                temperature=float(settings["temperature"]),
+                attention=str(settings["attention"]),
+                token_budget=settings["token_budget"],
+                min_micro_batches=micro_batches,
+            )
         return TensorDict({ANSWER_LOGLIK_KEY: scores.float().cpu()}, batch_size=[len(inputs)])
 
 

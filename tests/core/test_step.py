@@ -22,7 +22,7 @@ from verl.trainer.ppo.ray_trainer import compute_advantage
 from verl.utils import tensordict_utils as tu
 from verl.workers.utils.padding import response_to_nested
 
-from acpo_core.attribution import AttributionBatch
+from acpo_core.attribution import AttributionBatch, ModelLimits
 from acpo_core.config import ACPOConfig
 from acpo_core.scoring import score_answer_loglik
 from acpo_core.segmentation import VocabTables
@@ -360,3 +360,46 @@ def test_sampled_ids_beyond_the_tokenizer_are_segmented_as_text_free(qwen_tokeni
     assert result.metrics["acpo/textless_token_frac"] == pytest.approx(1 / sum(len(r) for r in batch.responses))
     k = int(result.segmentation.num_steps[2])
     assert result.segmentation.boundaries[2, : k + 1].tolist() == [0, *batch.peaks[2], len(batch.responses[2])]
+
+
+def test_the_whole_attribution_batch_is_checked_before_anything_is_dispatched(
+    qwen_tokenizer: Any, tables: VocabTables
+) -> None:
+    batch = Batch(qwen_tokenizer)
+    view = batch.view(qwen_tokenizer)
+    view.answer_ids[2, 0] = 10**6  # beyond the model's vocabulary: the worker would fail on one rank only
+    calls: list[int] = []
+
+    def scorer(inputs: AttributionBatch) -> torch.Tensor:
+        calls.append(len(inputs))
+        return _hand_scorer(inputs)
+
+    with pytest.raises(ValueError, match=r"answer_ids holds a token id >= the model's vocabulary \(151936\): row 2"):
+        compute_acpo_step(view, tables, _cfg(), scorer, limits=ModelLimits(vocab_size=151936))
+    assert calls == []
+
+
+def test_responses_past_the_trained_positions_keep_the_outcome_advantage_and_are_counted(
+    qwen_tokenizer: Any, tables: VocabTables
+) -> None:
+    batch = Batch(qwen_tokenizer)
+    view = batch.view(qwen_tokenizer)
+    prompt = int(view.prompt_mask[0].sum())
+    answer = int(view.answer_mask[0].sum())
+    lengths = [len(r) for r in batch.responses]
+    # Rows 0 and 2 share the longest response; a limit one below their last copy position leaves them out.
+    limit = prompt + max(lengths) + answer - 1
+    over = [n for n in range(4) if prompt + lengths[n] + answer > limit]
+    scored_rows: list[int] = []
+
+    def scorer(inputs: AttributionBatch) -> torch.Tensor:
+        scored_rows.append(len(inputs))
+        return torch.full(inputs.boundaries.shape, -1.0) * torch.arange(inputs.boundaries.shape[1])
+
+    result = compute_acpo_step(view, tables, _cfg(), scorer, limits=ModelLimits(max_positions=limit))
+    assert over and scored_rows == [4 - len(over)]
+    assert result.metrics["acpo/attr_position_skipped_frac"] == pytest.approx(len(over) / 4)
+    for n in over:
+        assert (result.answer_loglik[n] == 0).all() and (result.contributions[n] == 0).all()
+        valid = view.response_mask[n] != 0
+        torch.testing.assert_close(result.token_advantages[n][valid], batch.acpo_baseline[n][valid])

@@ -12,9 +12,8 @@ from verl.utils import tensordict_utils as tu
 from verl.workers.utils.padding import response_from_nested
 
 from acpo_core.attribution import AttributionBatch
-from acpo_core.scoring import score_answer_loglik, score_answer_loglik_naive
+from acpo_core.scoring import attention_implementation, score_answer_loglik, score_answer_loglik_naive
 from recipe.acpo.acpo_worker import (
-    attention_for_custom_masks,
     attribution_batch_from_request,
     attribution_request,
     build_naive_log_prob_batch,
@@ -74,11 +73,10 @@ def test_flash_attention_model_is_scored_with_sdpa_and_restored(model: Any, qwen
     # the packed forward must not use them).
     model.config._attn_implementation_internal = "flash_attention_2"
     try:
-        with pytest.raises(ValueError, match="4D attention mask"):
-            score_answer_loglik(model, inputs, micro_batch_size=2)
-        with attention_for_custom_masks(model):
-            assert model.config._attn_implementation == "sdpa"
-            scores = score_answer_loglik(model, inputs, micro_batch_size=2)
+        with attention_implementation(model, "sdpa") as implementation:
+            assert implementation == model.config._attn_implementation == "sdpa"
+        assert model.config._attn_implementation == "flash_attention_2"
+        scores = score_answer_loglik(model, inputs, micro_batch_size=2, attention="sdpa")
         assert model.config._attn_implementation == "flash_attention_2"
         assert all(not hasattr(m.config, "_attn_was_changed") for m in model.modules() if hasattr(m, "config"))
     finally:
@@ -89,19 +87,21 @@ def test_flash_attention_model_is_scored_with_sdpa_and_restored(model: Any, qwen
 def test_eager_and_sdpa_models_are_left_as_they_are(model: Any) -> None:
     for implementation in ("sdpa", "eager"):
         model.config._attn_implementation_internal = implementation
-        with attention_for_custom_masks(model):
-            assert model.config._attn_implementation == implementation
+        with attention_implementation(model, "sdpa") as used:
+            assert used == model.config._attn_implementation == implementation
     model.config._attn_implementation_internal = "sdpa"
 
 
 def test_attribution_request_pads_to_the_data_parallel_multiple(qwen_tokenizer: Any) -> None:
     inputs = _inputs(qwen_tokenizer)
-    request = attribution_request(inputs, micro_batch_size=3, temperature=0.7)
+    request = attribution_request(inputs, micro_batch_size=3, temperature=0.7, attention="flex", token_budget=4096)
     padded, num_rows = pad_rows_to_multiple(request, 4)
     assert num_rows == 2 and len(padded) == 4
     assert torch.equal(padded["prompt_ids"][2], padded["prompt_ids"][1])
     assert tu.get_non_tensor_data(padded, "micro_batch_size", None) == 3
     assert tu.get_non_tensor_data(padded, "temperature", None) == 0.7
+    assert tu.get_non_tensor_data(padded, "attention", None) == "flex"
+    assert tu.get_non_tensor_data(padded, "token_budget", None) == 4096
     round_trip = attribution_batch_from_request(padded[:num_rows])
     assert all(torch.equal(a, b) for a, b in zip(round_trip.as_dict().values(), inputs.as_dict().values()))
     same, rows = pad_rows_to_multiple(request, 2)
