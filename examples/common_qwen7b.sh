@@ -4,6 +4,7 @@
 # run), EVAL_ARGS (for python -m recipe.acpo.evaluate), BENCH_FILES, and run() (prints, then runs unless DRY_RUN=1).
 # shellcheck shell=bash disable=SC2034
 
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MODEL_PATH=${MODEL_PATH:-Qwen/Qwen2.5-Math-7B}
 DATA_DIR=${DATA_DIR:-$HOME/data/acpo}
 TRAIN_FILE=${TRAIN_FILE:-$DATA_DIR/dapo17k_train.parquet}
@@ -30,6 +31,10 @@ EVAL_TEMPERATURE=${EVAL_TEMPERATURE:-$TEMPERATURE}
 EVAL_TOP_P=${EVAL_TOP_P:-1.0}
 LOGGER=${LOGGER:-"['console','tensorboard']"}
 MAX_TOKENS_PER_GPU=$(( (MAX_PROMPT_LENGTH + MAX_RESPONSE_LENGTH) * 3 ))
+# A 7B checkpoint with its optimizer state is about 91 GB (fp32 shards): keep the last few only.
+MAX_CKPT_TO_KEEP=${MAX_CKPT_TO_KEEP:-2}
+# Absolute, so that every Ray worker (on any node, in any working directory) finds the recipe's agent loops.
+AGENT_LOOP_CONFIG=${AGENT_LOOP_CONFIG:-$REPO_ROOT/recipe/acpo/config/agent_loops.yaml}
 
 DRY_RUN=${DRY_RUN:-0}
 run() {
@@ -50,6 +55,8 @@ COMMON=(
     data.max_response_length="$MAX_RESPONSE_LENGTH"
     data.filter_overlong_prompts=True
     data.truncation=error
+    # FSDP2: the engine every CPU test of the recipe runs (packed attribution included).
+    actor_rollout_ref.actor.strategy=fsdp2
     actor_rollout_ref.actor.optim.lr="$LR"
     actor_rollout_ref.actor.ppo_mini_batch_size="$PPO_MINI_BATCH_SIZE"
     actor_rollout_ref.actor.use_dynamic_bsz=True
@@ -77,6 +84,7 @@ COMMON=(
     # verl's default checkpoint contents (model, optimizer, extra): resumable, and recipe.acpo.merge turns the
     # FSDP shards into the Hugging Face folder each next step needs.
     trainer.save_freq=50
+    trainer.max_actor_ckpt_to_keep="$MAX_CKPT_TO_KEEP"
 )
 
 # The evaluation (identical for every model compared): Acc@EVAL_K on the benchmarks, validation-only through verl.

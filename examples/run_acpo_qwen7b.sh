@@ -31,6 +31,7 @@ run python -m data_prep.check "$TRAIN_FILE" "$VAL_FILE" "${BENCH_FILES[@]}"
 # 2. Stage 1: KL-free exploration with the difficulty-aware curriculum.
 run python -m recipe.acpo.main_acpo --config-name acpo_stage1 \
     "${COMMON[@]}" \
+    actor_rollout_ref.rollout.agent.agent_loop_config_path="$AGENT_LOOP_CONFIG" \
     actor_rollout_ref.model.path="$MODEL_PATH" \
     trainer.experiment_name="${EXPERIMENT}_stage1" \
     trainer.default_local_dir="$STAGE1_DIR" \

@@ -116,6 +116,7 @@ def test_grpo_baseline_has_the_same_data_model_sizes_budget_and_evaluation(runs:
     assert grpo[0] == acpo[0]
     train, stage1 = _overrides(grpo[1]), _overrides(acpo[1])
     run_specific = {"trainer.experiment_name", "trainer.default_local_dir", "trainer.total_training_steps"}
+    run_specific.add("actor_rollout_ref.rollout.agent.agent_loop_config_path")  # Stage 1's curriculum agent loop
     shared = {k: v for k, v in stage1.items() if k not in run_specific}
     assert {k: train[k] for k in shared} == shared
     assert int(train["trainer.total_training_steps"]) == STAGE1_STEPS + STAGE2_STEPS
@@ -162,7 +163,14 @@ def test_each_training_run_composes_with_the_scripts_overrides(runs: dict[str, A
     assert (config["data"]["train_batch_size"], actor["ppo_mini_batch_size"]) == (128, 32)
     assert config["data"]["max_response_length"] == 3072
     assert config["trainer"]["n_gpus_per_node"] == 8 and config["trainer"]["logger"] == ["console"]
+    # the tested engine (FSDP2, as every CPU test), and checkpoints of about 91 GB each kept to the last two
+    assert actor["strategy"] == "fsdp2" and config["actor_rollout_ref"]["ref"]["strategy"] == "fsdp2"
+    assert config["trainer"]["max_actor_ckpt_to_keep"] == 2
+    agent_loops = rollout["agent"]["agent_loop_config_path"]
     if run == "stage1":
+        # absolute: a Ray worker on another node resolves it against its own working directory
+        assert Path(agent_loops).is_absolute() and Path(agent_loops) == REPO / "recipe/acpo/config/agent_loops.yaml"
+        assert rollout["agent"]["default_agent_loop"] == "acpo_curriculum"
         assert config["algorithm"]["adv_estimator"] == "acpo"
         assert actor["use_kl_loss"] is False
         assert config["acpo"]["stage"] == 1 and config["acpo"]["curriculum"]["enable"] is True
