@@ -47,7 +47,7 @@ from verl.utils import tensordict_utils as tu
 from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
-from acpo_core.advantage import compute_acpo_advantage
+from acpo_core.advantage import ACPOAdvantage, compute_acpo_advantage
 from acpo_core.attribution import packed_token_count, render_answer_ids, step_contributions
 from acpo_core.config import ACPOConfig
 from acpo_core.segmentation import StepSegmentation, VocabTables, segment_steps
@@ -61,6 +61,7 @@ from recipe.acpo.acpo_worker import (
 from recipe.acpo.advantage_estimator import ACPO_ADV_ESTIMATOR
 from recipe.acpo.curriculum import CurriculumMixin
 from recipe.acpo.merge import check_stage2_model_path
+from recipe.acpo.step_dump import StepDumper, dump_directory
 
 __all__ = [
     "ACPOStepResult",
@@ -184,6 +185,7 @@ class ACPOStepResult:
     segmentation: StepSegmentation  # of the R real rows
     answer_loglik: torch.Tensor  # [R, max_steps + 1] L_i, 0 beyond K
     contributions: torch.Tensor  # [R, max_steps] C_i
+    advantage: ACPOAdvantage  # of the R real rows: s, u, w, regime, A_attr per step
 
 
 def _answer_batch(
@@ -327,6 +329,7 @@ def compute_acpo_step(
         segmentation=segmentation,
         answer_loglik=answer_loglik,
         contributions=contributions,
+        advantage=advantage,
     )
 
 
@@ -382,6 +385,9 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
     def _init_tokenizer(self) -> None:
         super()._init_tokenizer()
         self.vocab_tables = VocabTables.from_tokenizer(self.tokenizer, self.acpo_config.segmentation.markers)
+        cfg = self.acpo_config
+        directory = dump_directory(cfg.dump, self.config.trainer.default_local_dir)
+        self.step_dumper = StepDumper(cfg.dump, directory, cfg.stage, self.tokenizer)
 
     def _init_resource_pool_mgr(self) -> None:
         """verl's pools and roles, with the actor role played by the ACPO worker (attribution scoring)."""
@@ -455,6 +461,14 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
             "acpo/check/advantage_max_abs_diff": float((result.token_advantages - other.token_advantages).abs().max()),
         }
 
+    def _data_sources(self, batch: KVBatchMeta) -> list[str] | None:
+        """Each row's ``data_source`` for the step dump, or None when the batch has none."""
+        try:
+            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["data_source"])
+            return [str(source) for source in tu.get(data, "data_source")]
+        except Exception:  # optional metadata of a diagnostic
+            return None
+
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         tags = list(batch.tags)
         batch = super()._compute_advantage(batch, metrics)
@@ -469,6 +483,9 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
             if not math.isfinite(value):
                 raise FloatingPointError(f"{name} = {value} at step {getattr(self, 'global_steps', '?')}")
         metrics.update(step_metrics)
+        if self.step_dumper.due(self.global_steps):
+            with marked_timer("acpo_dump", self._timing()):
+                metrics.update(self.step_dumper.dump(self.global_steps, view, result, self._data_sources(batch)))
         advantages = response_to_nested(result.token_advantages, response_mask)
         output = TensorDict({"advantages": advantages, "returns": advantages.clone()}, batch_size=len(batch))
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)
