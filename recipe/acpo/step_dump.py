@@ -185,7 +185,8 @@ class StepDumper:
         self.stage = stage
         self.tokenizer = tokenizer
         self.failures = 0
-        self._token_texts: list[str] | None = None
+        # Built here, once, so the first dumped step does not pay for it (about 0.5 s for a 150k vocabulary).
+        self._token_texts: list[str] | None = token_text_table(tokenizer) if config.enable else None
 
     def due(self, global_step: int) -> bool:
         return self.config.enable and global_step % self.config.every_n_steps == 0
