@@ -138,3 +138,35 @@ def test_a_script_error_is_seen_in_the_dumped_dom(fake_run) -> None:
     dom = dump_dom(run / "broken.html")
     assert "JSON" in dom.html_attrs.get("data-script-error", "") or "json" in dom.html_attrs["data-script-error"]
     assert "data-report-ready" not in dom.html_attrs
+
+
+def test_the_first_wrong_equation_of_a_testbed_response_is_marked_on_the_page(tmp_path: Path) -> None:
+    tokens = ["First", ",", " 16", " -", " 11", " =", " 5", ".\n", "Then", ",", " 5", " *", " 3", " =", " 16", ".\n"]
+    tokens += ["Answer", ":", " 16"]
+    steps = [
+        {"start": a, "end": b, "C": c, "s": c, "u": 0.5, "w": 1.0, "regime": 1 if c > 0 else 3, "a_attr": 0.8 * c}
+        for a, b, c in ((0, 8, 0.5), (8, 16, -1.5), (16, 19, -0.2))
+    ]
+    record = {
+        "global_step": 1,
+        "uid": "q",
+        "data_source": "arithmetic_steps",
+        "stage": 1,
+        "prompt": "Start from 16.",
+        "response": "".join(tokens),
+        "tokens": tokens,
+        "entropy": [0.5] * 19,
+        "boundaries": [0, 8, 16, 19],
+        "marker_boundary": [True, False],
+        "score": 0.0,
+        "correct": False,
+        "ground_truth": "15",
+        "a_base": -0.8,
+        "steps": steps,
+        "token_advantages": [-0.8] * 19,
+    }
+    write_step_records([record], str(tmp_path / "acpo_dump"), 1)
+    build_report(tmp_path / "report.html", tmp_path)
+    dom = render(tmp_path / "report.html")
+    assert dom.classes["first-wrong"] == 5  # " 5", " *", " 3", " =", " 16" of step 2
+    assert dom.classes["hit"] == 1 and "miss" not in dom.classes  # the most-blamed step is the wrong one
