@@ -16,6 +16,9 @@ masks, uids, outcome scores and ground truths, and on the driver:
 verl's ``_balance_batch`` may append synthetic padding samples (tag ``is_padding``, an empty response mask): they keep
 a zero advantage and are left out of segmentation, attribution and every metric.
 
+With ``acpo.dump.enable`` the driver also writes, every ``acpo.dump.every_n_steps`` steps, the segmented responses
+with their step credit (:mod:`recipe.acpo.step_dump`, read by ``python -m recipe.acpo.report``).
+
 With ``acpo.advantage.alpha = 0`` in Stage 1 the written advantages are verl's GRPO advantages bit for bit.
 
 Diagnostics: with the environment variable ``ACPO_ATTRIBUTION_CROSS_CHECK=1`` (seen by the trainer's Ray process)

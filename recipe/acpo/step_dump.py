@@ -39,6 +39,7 @@ __all__ = [
     "DUMP_FILE_PATTERN",
     "StepDumper",
     "build_step_records",
+    "dump_directory",
     "dump_file_name",
     "select_dump_rows",
     "token_text_table",

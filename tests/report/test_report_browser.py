@@ -108,8 +108,11 @@ def test_filters_and_pages_select_what_the_url_hash_asks_for(fake_run) -> None:
     assert wrong.response_classes and all("wrong" in c.split() for c in wrong.response_classes)
     step2 = render(run / "report.html", "step=2&outcome=correct")
     assert step2.browser_attrs["data-matching"] == str(sum(r["correct"] and r["global_step"] == 2 for r in records))
-    last_page = render(run / "report.html", "page=3")
+    last_page = render(run / "report.html", "page=3&open=11.0")
     assert (last_page.browser_attrs["data-matching"], last_page.browser_attrs["data-rendered"]) == ("12", "2")
+    # open=11.0 clicked the first step of the last response: its table of steps is shown, that step's row selected.
+    assert last_page.classes["selected"] == 2  # the step's box and its table row
+    assert last_page.tags["tr"] == len(records[11]["steps"]) + 1
 
 
 def test_thousands_of_responses_render_one_page_at_a_time(fake_run) -> None:

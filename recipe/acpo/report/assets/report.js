@@ -1,6 +1,7 @@
 // The response browser of the ACPO report: filters, pagination (only one page is in the DOM, so thousands of
 // responses stay responsive), steps coloured by attributed advantage, a tooltip with token entropy and step numbers,
-// and a per-step table on click. Filters and page can be set in the URL hash: #outcome=wrong&step=3&page=2.
+// and a per-step table on click. Filters and page can be set in the URL hash: #outcome=wrong&step=3&page=2, and
+// open=I.K opens the table of response I (its position among the filtered ones) at step K (a link to one step).
 (function () {
   "use strict";
   var data = JSON.parse(document.getElementById("acpo-data").textContent);
@@ -8,7 +9,7 @@
   var root = document.getElementById("browser");
   var tooltip = document.getElementById("tooltip");
   var REGIMES = { 0: "-", 1: "1 helpful, important", 2: "2 helpful, minor", 3: "3 harmful" };
-  var state = { outcome: "all", step: "all", source: "all", page: 1, entropy: false };
+  var state = { outcome: "all", step: "all", source: "all", page: 1, entropy: false, open: "" };
 
   function esc(text) {
     return String(text).replace(/[&<>"']/g, function (c) {
@@ -199,6 +200,10 @@
     root.addEventListener("mouseleave", function () { tooltip.style.display = "none"; });
     root.addEventListener("click", onClick);
     render();
+    var open = state.open.split(".");
+    var target = state.open && document.querySelector(
+      '.response[data-index="' + (+open[0]) + '"] .step[data-k="' + (+open[1]) + '"]');
+    if (target) target.click();
   }
   document.documentElement.setAttribute("data-report-ready", "1");
 })();
