@@ -26,6 +26,8 @@ RUNTIME_REQUIRES = [
     "pandas",
     "pyarrow>=19.0.0",
     "tqdm",
+    # recipe.acpo.report draws the training curves (PNG embedded in the HTML).
+    "matplotlib",
 ]
 
 setup(
@@ -37,7 +39,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["acpo_core", "acpo_core.*", "recipe", "recipe.*", "data_prep", "data_prep.*"]),
-    package_data={"recipe.acpo": ["config/*.yaml", "config/*/*.yaml"]},
+    package_data={"recipe.acpo": ["config/*.yaml", "config/*/*.yaml", "report/assets/*"]},
     include_package_data=True,
     install_requires=RUNTIME_REQUIRES,
     extras_require={

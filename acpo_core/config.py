@@ -207,6 +207,31 @@ class CurriculumConfig:
 
 
 @dataclass(frozen=True)
+class DumpConfig:
+    """Per-step dump of segmented responses and their step credit (read by ``recipe.acpo.report``).
+
+    ``dir`` null: ``<trainer.default_local_dir>/acpo_dump``. Every ``every_n_steps``-th training step writes
+    ``step_<global_step:06d>.jsonl`` with at most ``max_responses`` responses (0: all of the batch).
+    """
+
+    enable: bool = False
+    dir: str | None = None
+    every_n_steps: int = 1
+    max_responses: int = 32
+
+    def validate(self, prefix: str = "dump") -> None:
+        _require(isinstance(self.enable, bool), f"{prefix}.enable", "must be true or false", self.enable)
+        _require(
+            self.dir is None or (isinstance(self.dir, str) and self.dir.strip() != ""),
+            f"{prefix}.dir",
+            "must be null or a non-empty path",
+            self.dir,
+        )
+        _check_int(self, prefix, "every_n_steps", 1)
+        _check_int(self, prefix, "max_responses", 0)
+
+
+@dataclass(frozen=True)
 class ACPOConfig:
     """The whole ``acpo:`` block. ``stage`` selects Stage-1 (uniform) or Stage-2 (confidence) token weights."""
 
@@ -216,6 +241,7 @@ class ACPOConfig:
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    dump: DumpConfig = field(default_factory=DumpConfig)
 
     def validate(self) -> None:
         _require(self.stage in (1, 2) and not isinstance(self.stage, bool), "stage", "must be 1 or 2", self.stage)
@@ -264,6 +290,7 @@ _SECTIONS: dict[str, type] = {
     "advantage": AdvantageConfig,
     "confidence": ConfidenceConfig,
     "curriculum": CurriculumConfig,
+    "dump": DumpConfig,
 }
 
 

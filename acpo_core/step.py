@@ -65,6 +65,7 @@ class ACPOBatch:
     uids: list[str]  # the prompt (group) of each row
     answer_ids: torch.Tensor  # [B, A] long: Y (spec §3, acpo_core.attribution.answer_batch), right-padded
     answer_mask: torch.Tensor  # [B, A] long 0/1
+    ground_truths: list[str | None]  # the reference answer rendered into Y; None on padding rows
 
     def __len__(self) -> int:
         return int(self.response_ids.shape[0])

@@ -17,7 +17,7 @@ import torch
 
 from acpo_core.config import DEFAULT_MARKERS
 
-__all__ = ["VocabTables", "normalise_markers"]
+__all__ = ["VocabTables", "normalise_markers", "vocabulary_texts"]
 
 _SENTENCE_END_CHARS = frozenset(".!?:")
 _NEWLINE_CHARS = frozenset("\n\r")
@@ -166,7 +166,7 @@ def _piece_text(piece: str, byte_level: bool) -> str:
     return piece.replace("\u2581", " ")
 
 
-def _vocabulary_texts(tokenizer: Any) -> list[str | None]:
+def vocabulary_texts(tokenizer: Any) -> list[str | None]:
     """The text of every vocabulary id, ``None`` for special tokens (each id decoded once, here)."""
     vocab_size = len(tokenizer)
     pieces = tokenizer.convert_ids_to_tokens(list(range(vocab_size)))
@@ -262,7 +262,7 @@ class VocabTables:
         "Ċ" = newline; partial UTF-8 characters become U+FFFD), SentencePiece pieces with "▁" as a space, added
         tokens as their literal content, special tokens as no text.
         """
-        return cls.from_token_texts(_vocabulary_texts(tokenizer), markers)
+        return cls.from_token_texts(vocabulary_texts(tokenizer), markers)
 
     @classmethod
     def from_token_texts(cls, texts: Sequence[str | None], markers: Sequence[str] = DEFAULT_MARKERS) -> VocabTables:

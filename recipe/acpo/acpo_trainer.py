@@ -23,6 +23,9 @@ verl's ``_balance_batch`` may append synthetic padding samples (tag ``is_padding
 a zero advantage and are left out of segmentation, attribution and every metric. With ``acpo.advantage.alpha = 0`` in
 Stage 1 the written advantages are verl's GRPO advantages bit for bit.
 
+With ``acpo.dump.enable`` the driver also writes, every ``acpo.dump.every_n_steps`` steps, the segmented responses
+with their step credit (:mod:`recipe.acpo.step_dump`, read by ``python -m recipe.acpo.report``).
+
 Diagnostics: with the environment variable ``ACPO_ATTRIBUTION_CROSS_CHECK=1`` (seen by the trainer's Ray process)
 every step also scores the batch the other way (packed and naive, spec §3) and logs the largest differences
 ``acpo/check/answer_loglik_max_abs_diff`` and ``acpo/check/advantage_max_abs_diff``; the configured mode's
@@ -46,7 +49,9 @@ from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.utils import Role
 from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+from verl.utils import tensordict_utils as tu
 from verl.utils.config import omega_conf_to_dataclass
+from verl.utils.debug import marked_timer
 from verl.workers.utils.padding import response_from_nested, response_to_nested
 
 from acpo_core.attribution import AttributionBatch, ModelLimits
@@ -64,6 +69,7 @@ from recipe.acpo.advantage_estimator import ACPO_ADV_ESTIMATOR
 from recipe.acpo.curriculum import CurriculumMixin
 from recipe.acpo.merge import check_stage2_model_path
 from recipe.acpo.rollout_batch import ACPO_TQ_FIELDS, nested_lengths, read_acpo_batch
+from recipe.acpo.step_dump import StepDumper, dump_directory
 
 __all__ = ["ACPOTrainer", "attribution_token_budget", "validate_acpo_trainer_config"]
 
@@ -153,6 +159,9 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
             vocab_size=getattr(hf_config, "vocab_size", None),
             max_positions=getattr(hf_config, "max_position_embeddings", None),
         )
+        cfg = self.acpo_config
+        directory = dump_directory(cfg.dump, self.config.trainer.default_local_dir)
+        self.step_dumper = StepDumper(cfg.dump, directory, cfg.stage, self.tokenizer)
 
     def _init_resource_pool_mgr(self) -> None:
         """verl's pools and roles, with the actor role played by the ACPO worker (attribution scoring)."""
@@ -226,6 +235,14 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
             "acpo/check/advantage_max_abs_diff": float((result.token_advantages - other.token_advantages).abs().max()),
         }
 
+    def _data_sources(self, batch: KVBatchMeta) -> list[str] | None:
+        """Each row's ``data_source`` for the step dump, or None when the batch has none."""
+        try:
+            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["data_source"])
+            return [str(source) for source in tu.get(data, "data_source")]
+        except Exception:  # optional metadata of a diagnostic
+            return None
+
     def _compute_advantage(self, batch: KVBatchMeta, metrics: dict) -> KVBatchMeta:
         tags = list(batch.tags)
         batch = super()._compute_advantage(batch, metrics)
@@ -240,6 +257,9 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
             if not math.isfinite(value):
                 raise FloatingPointError(f"{name} = {value} at step {getattr(self, 'global_steps', '?')}")
         metrics.update(step_metrics)
+        if self.step_dumper.due(self.global_steps):
+            with marked_timer("acpo_dump", self._timing()):
+                metrics.update(self.step_dumper.dump(self.global_steps, view, result, self._data_sources(batch)))
         advantages = response_to_nested(result.token_advantages, response_mask)
         output = TensorDict({"advantages": advantages, "returns": advantages.clone()}, batch_size=len(batch))
         return tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=output)

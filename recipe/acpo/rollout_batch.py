@@ -92,9 +92,12 @@ def read_acpo_batch(
     base = torch.where(lengths > 0, advantages.gather(1, first).squeeze(1), torch.zeros(batch_size))
     reward_models = tu.get(data, "reward_model")
     real = (~is_padding).nonzero().flatten().tolist()
+    ground_truths: list[str | None] = [None] * batch_size
+    for i in real:
+        ground_truths[i] = _ground_truth_text(reward_models[i], uids[i])
     real_answers = answer_batch(
         tokenizer,
-        [_ground_truth_text(reward_models[i], uids[i]) for i in real],
+        [ground_truths[i] for i in real],
         [uids[i] for i in real],
         answer_template,
     )
@@ -114,4 +117,5 @@ def read_acpo_batch(
         uids=uids,
         answer_ids=answer_ids,
         answer_mask=answer_mask,
+        ground_truths=ground_truths,
     )

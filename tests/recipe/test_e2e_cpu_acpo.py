@@ -104,6 +104,7 @@ def test_stage1_merge_stage2_on_cpu(
     tiny_model_dir: Path, arithmetic_data: tuple[Path, Path], ray_temp_dir: Path, tmp_path: Path
 ) -> None:
     from recipe.acpo.merge import MERGE_RECORD, merge_stage1_checkpoint
+    from recipe.acpo.report.load import read_dump
 
     assert RESPONSE_LENGTH > 2 * MIN_STEP_TOKENS
     stage1_dir = tmp_path / "stage1"
@@ -134,6 +135,11 @@ def test_stage1_merge_stage2_on_cpu(
     # Some groups had outcome variance, so the advantages (and the cross-check above) were not all zero.
     assert max(m["acpo/adv_attr_abs_mean"] for m in stage1.values()) > 0
     assert max(m["actor/grad_norm"] for m in stage1.values()) > 0
+    # The CPU preset dumps every step (acpo.dump, under trainer.default_local_dir): all 8 responses of each step.
+    dump = read_dump(stage1_dir / "acpo_dump")
+    assert (dump.files, len(dump.records), dump.skipped_lines) == (2, 16, 0)
+    assert {r["global_step"] for r in dump.records} == {1, 2}
+    assert all(m["acpo/dump/write_failures"] == 0 and m["acpo/dump/responses"] == 8 for m in stage1.values())
 
     merged = merge_stage1_checkpoint(stage1_dir, tmp_path / "merged")
     assert json.loads((merged / MERGE_RECORD).read_text())["global_step"] == 2

@@ -1,0 +1,92 @@
+"""Marks, on the arithmetic testbed, the first wrong equation of each dumped response (the testbed's step checker).
+
+The checker is ``data_prep.step_check.check_steps`` (the arithmetic testbed); it is imported lazily, so the report
+works, without the marks, in an installation that lacks it. The mark says which tokens hold the first wrong equation,
+which step they fall in, and whether that step is the one the attribution blamed most: the question "does ACPO
+blame the wrong step?" read off one response.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["TESTBED_DATA_SOURCES", "annotate_first_wrong", "first_wrong_mark", "load_step_checker"]
+
+logger = logging.getLogger(__name__)
+
+# data_source values of the arithmetic testbed, whose responses the step checker can read.
+TESTBED_DATA_SOURCES = frozenset({"arithmetic_steps"})
+
+StepChecker = Callable[[str], Any]
+
+
+def load_step_checker() -> StepChecker | None:
+    """``data_prep.step_check.check_steps``, or None when this installation has no testbed checker."""
+    try:
+        from data_prep.step_check import check_steps
+    except ImportError:
+        return None
+    return check_steps
+
+
+def _token_of_char(token_starts: Sequence[int], char: int) -> int:
+    """Index of the token holding character ``char`` (``token_starts``: each token's first character)."""
+    return max(bisect.bisect_right(token_starts, char) - 1, 0)
+
+
+def first_wrong_mark(record: dict[str, Any], check_steps: StepChecker) -> dict[str, Any] | None:
+    """The first wrong equation of one dumped response as token and step indices, or None when there is none.
+
+    Returns ``{"text", "token_start", "token_end" (exclusive), "step", "most_blamed_step", "blame_hit"}``;
+    ``most_blamed_step`` is the step with the most negative attributed advantage (None when no step has one).
+    """
+    tokens: list[str] = record["tokens"]
+    response = "".join(tokens)
+    check = check_steps(response)
+    if not check.parsed or check.first_wrong is None:
+        return None
+    equation = check.equations[check.first_wrong]
+    token_starts = [0, *itertools.accumulate(len(t) for t in tokens)][:-1] if tokens else [0]
+    token_start = _token_of_char(token_starts, int(equation.start))
+    token_end = _token_of_char(token_starts, max(int(equation.end) - 1, int(equation.start))) + 1
+    boundaries: list[int] = record["boundaries"]
+    step = max(bisect.bisect_right(boundaries, token_start) - 1, 0)
+    step = min(step, len(record["steps"]) - 1)
+    attributed = [s.get("a_attr", 0.0) for s in record["steps"]]
+    most_blamed = min(range(len(attributed)), key=attributed.__getitem__) if attributed else None
+    if most_blamed is not None and attributed[most_blamed] >= 0:
+        most_blamed = None
+    return {
+        "text": str(equation.text),
+        "token_start": token_start,
+        "token_end": token_end,
+        "step": step,
+        "most_blamed_step": most_blamed,
+        "blame_hit": most_blamed == step,
+    }
+
+
+def annotate_first_wrong(records: list[dict[str, Any]], check_steps: StepChecker | None) -> int:
+    """Add ``first_wrong`` to every testbed record the checker finds a wrong equation in; return how many.
+
+    A checker failure on one response is logged and leaves that response unmarked.
+    """
+    if check_steps is None:
+        return 0
+    marked = 0
+    for record in records:
+        if record.get("data_source") not in TESTBED_DATA_SOURCES:
+            continue
+        try:
+            mark = first_wrong_mark(record, check_steps)
+        except Exception:  # the checker reads model output: one odd response must not stop the report
+            logger.exception("step checker failed on uid=%s step=%s", record.get("uid"), record.get("global_step"))
+            continue
+        if mark is not None:
+            record["first_wrong"] = mark
+            marked += 1
+    return marked
