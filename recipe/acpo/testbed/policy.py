@@ -1,4 +1,4 @@
-"""Build the testbed policy offline: a ~1M-parameter Qwen2 fine-tuned on reference solutions of the testbed task.
+"""Build the testbed policy offline: a small (~0.5M-parameter) Qwen2 fine-tuned on reference solutions of the testbed task.
 
 ``build_policy(out_dir, seed)`` draws fine-tuning problems from the task's ``policy`` pool
 (``data_prep.arithmetic_steps``; the RL train and validation files use the other pool), trains the tokenizer on them
@@ -34,13 +34,13 @@ class PolicySpec:
 
     vocab_size: int = 512
     hidden_size: int = 128
-    num_layers: int = 4
+    num_layers: int = 2
     num_heads: int = 4
     max_position_embeddings: int = 256
     sft_problems: int = 12_000
-    sft_steps: int = 900
-    batch_size: int = 64
-    lr: float = 3e-3
+    sft_steps: int = 700
+    batch_size: int = 32
+    lr: float = 5e-3
     warmup_steps: int = 50
     weight_decay: float = 0.01
     eval_problems: int = 256
