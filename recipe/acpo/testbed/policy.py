@@ -1,4 +1,4 @@
-"""Build the testbed policy offline: a small (~0.5M-parameter) Qwen2 fine-tuned on reference solutions of the testbed task.
+"""Build the testbed policy offline: a ~0.5M-parameter Qwen2 fine-tuned on the testbed task's reference solutions.
 
 ``build_policy(out_dir, seed)`` draws fine-tuning problems from the task's ``policy`` pool
 (``data_prep.arithmetic_steps``; the RL train and validation files use the other pool), trains the tokenizer on them
