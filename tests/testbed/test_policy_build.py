@@ -58,7 +58,6 @@ def test_the_folder_loads_with_auto_classes_and_its_chat_template_gives_the_gene
     solution = "First, 3 + 4 = 7.\nAnswer: 7"
     ids = tokenizer(solution, add_special_tokens=False)["input_ids"]
     assert tokenizer.decode(ids) == solution
-    assert [tokenizer.decode([i]) for i in tokenizer("37", add_special_tokens=False)["input_ids"]] == ["3", "7"]
     report = json.loads((folder / REPORT_FILE).read_text())
     assert report["eval_problems"] == 4 and 0.0 <= report["sampled_accuracy"] <= 1.0
 

@@ -38,13 +38,14 @@ class PolicySpec:
     num_heads: int = 4
     max_position_embeddings: int = 256
     sft_problems: int = 12_000
-    sft_steps: int = 700
+    sft_steps: int = 400
     batch_size: int = 32
     lr: float = 5e-3
     warmup_steps: int = 50
     weight_decay: float = 0.01
     eval_problems: int = 256
     num_threads: int = 2
+    split_digits: bool = False
 
 
 @dataclass
@@ -63,6 +64,10 @@ class BuildReport:
     sampled_first_wrong_step: dict[str, int] = field(default_factory=dict)
     task: dict[str, Any] = field(default_factory=dict)
     policy: dict[str, Any] = field(default_factory=dict)
+
+
+def _print_now(message: str) -> None:
+    print(message, flush=True)
 
 
 def answer_of(response: str) -> int | None:
@@ -148,7 +153,7 @@ def build_policy(
     seed: int = 0,
     task: TaskSpec | None = None,
     policy: PolicySpec | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = _print_now,
 ) -> BuildReport:
     """Train and save the testbed policy to ``out_dir``; returns (and writes to ``testbed_build.json``) its report."""
     import torch
@@ -163,7 +168,10 @@ def build_policy(
     problems = generate(policy.sft_problems, task, seed=seed, pool="policy")
     held_out = generate(policy.eval_problems, task, seed=seed + 1_000_003, pool="rl")
     tokenizer = train_tokenizer(
-        [text for p in problems for text in (p.prompt, p.solution)], policy.vocab_size, policy.max_position_embeddings
+        [text for p in problems for text in (p.prompt, p.solution)],
+        policy.vocab_size,
+        policy.max_position_embeddings,
+        policy.split_digits,
     )
     sequences, prompt_lengths = _encode(tokenizer, problems)
     log(
