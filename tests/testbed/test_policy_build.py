@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tokenizers import Tokenizer
 
 from recipe.acpo.testbed import PolicySpec, build_policy
 from recipe.acpo.testbed.policy import REPORT_FILE, answer_of, score
@@ -48,7 +49,7 @@ def test_the_folder_loads_with_auto_classes_and_its_chat_template_gives_the_gene
     folder = builds["a"]
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder)
-    assert model.config.model_type == "qwen2" and model.config.vocab_size == len(tokenizer)
+    assert model.config.model_type == "llama" and model.config.vocab_size == len(tokenizer)
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
     assert model.config.eos_token_id == tokenizer.eos_token_id
     text = tokenizer.apply_chat_template(
@@ -58,6 +59,8 @@ def test_the_folder_loads_with_auto_classes_and_its_chat_template_gives_the_gene
     solution = "First, 3 + 4 = 7.\nAnswer: 7"
     ids = tokenizer(solution, add_special_tokens=False)["input_ids"]
     assert tokenizer.decode(ids) == solution
+    # The ids the policy was trained on: tokenizer.json as it is (not re-read as the model type's tokenizer class).
+    assert ids == Tokenizer.from_file(str(folder / "tokenizer.json")).encode(solution).ids
     report = json.loads((folder / REPORT_FILE).read_text())
     assert report["eval_problems"] == 4 and 0.0 <= report["sampled_accuracy"] <= 1.0
 
