@@ -52,10 +52,10 @@ class TaskSpec:
 
     num_ops: tuple[int, int] = (2, 3)
     max_start: int = 20
-    max_operand: int = 20
+    max_operand: int = 9
     max_factor: int = 5
-    max_value: int = 100
-    operations: tuple[str, ...] = ("add", "sub", "mul")
+    max_value: int = 50
+    operations: tuple[str, ...] = ("add", "sub")
 
     def __post_init__(self) -> None:
         unknown = set(self.operations) - set(OPERATIONS)

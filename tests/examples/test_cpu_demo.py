@@ -1,7 +1,8 @@
-"""examples/run_acpo_cpu_demo.sh end to end with its smallest settings (tiny random Qwen2, one step per stage).
+"""examples/run_acpo_cpu_demo.sh end to end with its smallest settings: a small testbed policy, one step per stage.
 
-Real Ray, verl, CPU rollout, reward and merge: evaluation before, Stage 1, merge, Stage 2, evaluation of the last
-Stage-2 checkpoint (merged by the evaluation tool), and the printed summary. The install step is skipped
+Real Ray, verl, CPU rollout, reward and merge: the testbed policy build (a few fine-tuning steps of a very small
+model), evaluation before, Stage 1 with validation, merge, Stage 2, evaluation of the last Stage-2 checkpoint (merged
+by the evaluation tool), the accuracy plot and the printed summary. The install step is skipped
 (DEMO_SKIP_INSTALL=1): CI has already installed the project.
 """
 
@@ -46,7 +47,9 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Compl
         **os.environ,
         "PATH": os.pathsep.join((str(Path(sys.executable).parent), os.environ.get("PATH", ""))),
         "ACPO_DEMO_TEST_RUN": marker,
-        "DEMO_MODEL": "tiny",
+        "DEMO_MODEL": "testbed",
+        "DEMO_BUILD_ARGS": "--sft-steps 20 --hidden-size 32 --num-layers 1 --eval-problems 4",
+        "DEMO_TEST_FREQ": "1",
         "DEMO_SKIP_INSTALL": "1",
         "DEMO_DIR": str(demo_dir),
         "DEMO_STAGE1_STEPS": "1",
@@ -56,7 +59,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.Compl
         "DEMO_TRAIN_SIZE": "16",
         "DEMO_EVAL_SIZE": "4",
         "DEMO_EVAL_K": "2",
-        "DEMO_MAX_RESPONSE_LENGTH": "40",
+        "DEMO_MAX_RESPONSE_LENGTH": "48",
     }
     done = subprocess.run(
         ["bash", str(DEMO)], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500, stdin=subprocess.DEVNULL
@@ -78,8 +81,12 @@ def test_demo_finishes_and_prints_accuracy_before_and_after_and_attribution_stat
     assert f"before training: {100 * before['average']['acc_at_k']:6.2f}%" in summary
     assert f"after training:  {100 * after['average']['acc_at_k']:6.2f}%" in summary
     assert "steps per response" in summary and "helpful steps" in summary
-    for where in ("Logs:", "Checkpoints:", str(demo_dir / "stage2" / "checkpoints")):
+    change = 100 * (after["average"]["acc_at_k"] - before["average"]["acc_at_k"])
+    assert f"change:          {change:+6.2f} points" in summary
+    for where in ("Logs:", "Checkpoints:", str(demo_dir / "stage2" / "checkpoints"), str(demo_dir / "accuracy.png")):
         assert where in summary
+    assert (demo_dir / "accuracy.png").stat().st_size > 0
+    assert "held-out accuracy" in (demo_dir / "logs" / "build_model.log").read_text()
 
 
 def test_demo_evaluates_on_the_held_out_set_before_and_after_with_the_merged_stage2_checkpoint(demo_run) -> None:
@@ -90,7 +97,7 @@ def test_demo_evaluates_on_the_held_out_set_before_and_after_with_the_merged_sta
     for result in (before, after):
         assert result["k"] == 2
         assert [(row["benchmark"], row["problems"], row["samples"]) for row in result["benchmarks"]] == [
-            ("arithmetic", 4, 8)
+            ("arithmetic_steps", 4, 8)
         ]
     assert before["settings"]["merged_from_verl_checkpoint"] is False
     assert after["settings"]["merged_from_verl_checkpoint"] is True
@@ -109,6 +116,7 @@ def test_demo_runs_both_stages_with_their_acpo_metrics_and_the_stage2_kl(demo_ru
         for key in ("acpo/steps_per_response", "acpo/helpful_frac", "acpo/attr_tokens_ratio", "acpo/w_mean"):
             assert isinstance(step[key], int | float), (stage, key)
         assert step["acpo/steps_per_response"] >= 1
+        assert "val-core/arithmetic_steps/acc/mean@1" in step, (stage, sorted(step))
         assert (demo_dir / stage / "checkpoints" / "global_step_1" / "actor").is_dir()
     assert "actor/kl_loss" in stages["stage2"][0] and "actor/kl_loss" not in stages["stage1"][0]
     assert (demo_dir / "stage1" / "merged" / "config.json").is_file()

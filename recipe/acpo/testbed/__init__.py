@@ -2,7 +2,7 @@
 
 - the task and its data files: ``data_prep.arithmetic_steps`` (data_source ``arithmetic_steps``), its step checker
   ``data_prep.step_check``;
-- the policy: ``build_policy`` (``recipe.acpo.testbed.policy``), a ~1M-parameter Qwen2 with its own byte-level BPE
+- the policy: ``build_policy`` (``recipe.acpo.testbed.policy``), a ~0.5M-parameter Llama with its own byte-level BPE
   tokenizer, fine-tuned offline on reference solutions;
 - the verl settings: ``recipe/acpo/config/testbed/arithmetic_steps.yaml`` (``+testbed=arithmetic_steps`` on any
   recipe config), composed into ``acpo_cpu_testbed_stage1`` / ``acpo_cpu_testbed_stage2`` / ``grpo_cpu_testbed``.

@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="python -m recipe.acpo.testbed",
-        description="The CPU testbed: 'build' trains the testbed policy (a ~1M-parameter Qwen2 with its own "
+        description="The CPU testbed: 'build' trains the testbed policy (a ~0.5M-parameter Llama with its own "
         "tokenizer, fine-tuned on reference step-by-step solutions; deterministic for a seed; about 3 minutes on 2 "
         "cores) into a Hugging Face folder and prints its held-out accuracy; 'data' writes the RL train and "
         "validation parquet files of the task (data_source arithmetic_steps).",

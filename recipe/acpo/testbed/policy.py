@@ -1,8 +1,8 @@
-"""Build the testbed policy offline: a ~1M-parameter Qwen2 fine-tuned on reference solutions of the testbed task.
+"""Build the testbed policy offline: a ~0.5M-parameter Llama fine-tuned on the testbed task's reference solutions.
 
 ``build_policy(out_dir, seed)`` draws fine-tuning problems from the task's ``policy`` pool
 (``data_prep.arithmetic_steps``; the RL train and validation files use the other pool), trains the tokenizer on them
-(``recipe.acpo.testbed.tokenizer``), trains a small Qwen2 by supervised fine-tuning on exactly what an RL response
+(``recipe.acpo.testbed.tokenizer``), trains a small Llama by supervised fine-tuning on exactly what an RL response
 should be (the chat-templated prompt, then the steps, ``Answer: N`` and the end-of-sequence token, with the loss on
 the response only), measures its accuracy on held-out ``rl``-pool problems by sampling, and saves an ordinary
 Hugging Face folder. Everything is seeded and single-order (fixed thread count, deterministic algorithms), so the
@@ -34,17 +34,18 @@ class PolicySpec:
 
     vocab_size: int = 512
     hidden_size: int = 128
-    num_layers: int = 4
+    num_layers: int = 2
     num_heads: int = 4
     max_position_embeddings: int = 256
     sft_problems: int = 12_000
-    sft_steps: int = 900
-    batch_size: int = 64
-    lr: float = 3e-3
+    sft_steps: int = 400
+    batch_size: int = 32
+    lr: float = 5e-3
     warmup_steps: int = 50
     weight_decay: float = 0.01
     eval_problems: int = 256
     num_threads: int = 2
+    split_digits: bool = False
 
 
 @dataclass
@@ -63,6 +64,23 @@ class BuildReport:
     sampled_first_wrong_step: dict[str, int] = field(default_factory=dict)
     task: dict[str, Any] = field(default_factory=dict)
     policy: dict[str, Any] = field(default_factory=dict)
+
+
+def pin_tokenizer_class(folder: Path) -> None:
+    """Make ``AutoTokenizer`` load the folder's ``tokenizer.json`` as it is.
+
+    Without it, transformers may pick the model type's tokenizer class, which can replace the pre-tokenizer (for a
+    Qwen2 model it always does: Qwen's, digits one by one) so that the ids are no longer the ones the policy was
+    trained on. For a Llama model the class named here is honoured.
+    """
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_file.write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+
+
+def _print_now(message: str) -> None:
+    print(message, flush=True)
 
 
 def answer_of(response: str) -> int | None:
@@ -148,11 +166,11 @@ def build_policy(
     seed: int = 0,
     task: TaskSpec | None = None,
     policy: PolicySpec | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = _print_now,
 ) -> BuildReport:
     """Train and save the testbed policy to ``out_dir``; returns (and writes to ``testbed_build.json``) its report."""
     import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     task = task or TaskSpec()
     policy = policy or PolicySpec()
@@ -163,14 +181,17 @@ def build_policy(
     problems = generate(policy.sft_problems, task, seed=seed, pool="policy")
     held_out = generate(policy.eval_problems, task, seed=seed + 1_000_003, pool="rl")
     tokenizer = train_tokenizer(
-        [text for p in problems for text in (p.prompt, p.solution)], policy.vocab_size, policy.max_position_embeddings
+        [text for p in problems for text in (p.prompt, p.solution)],
+        policy.vocab_size,
+        policy.max_position_embeddings,
+        policy.split_digits,
     )
     sequences, prompt_lengths = _encode(tokenizer, problems)
     log(
         f"tokenizer: {len(tokenizer)} tokens; {len(problems)} fine-tuning problems, "
         f"{max(map(len, sequences))} tokens at most"
     )
-    config = Qwen2Config(
+    config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=policy.hidden_size,
         intermediate_size=policy.hidden_size * 4,
@@ -185,9 +206,9 @@ def build_policy(
         dtype="float32",
     )
     config._attn_implementation = "sdpa"
-    model = Qwen2ForCausalLM(config)
+    model = LlamaForCausalLM(config)
     num_parameters = sum(p.numel() for p in model.parameters())
-    log(f"model: Qwen2, {num_parameters / 1e6:.2f}M parameters; {policy.sft_steps} fine-tuning steps")
+    log(f"model: Llama, {num_parameters / 1e6:.2f}M parameters; {policy.sft_steps} fine-tuning steps")
     optimizer = torch.optim.AdamW(model.parameters(), lr=policy.lr, weight_decay=policy.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -217,20 +238,24 @@ def build_policy(
             log(f"  step {step + 1}/{policy.sft_steps}  loss {loss_ema:.4f}  {time.monotonic() - started:.0f}s")
     train_seconds = time.monotonic() - started
 
-    model.eval()
-    prompts = [p.prompt for p in held_out]
-    greedy, _, _ = score(held_out, sample_responses(model, tokenizer, prompts, temperature=0.0))
-    sampled_responses = sample_responses(model, tokenizer, prompts, temperature=1.0)
-    sampled, unparsable, first_wrong = score(held_out, sampled_responses)
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer.padding_side = "left"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    pin_tokenizer_class(out)
     GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
     ).save_pretrained(out)
+
+    # Measured with the tokenizer as verl will load it from the folder, not the in-memory one.
+    saved_tokenizer = AutoTokenizer.from_pretrained(out)
+    if _encode(saved_tokenizer, problems[:64])[0] != sequences[:64]:
+        raise RuntimeError(f"{out}: AutoTokenizer does not give the ids the policy was trained on")
+    model.eval()
+    prompts = [p.prompt for p in held_out]
+    greedy, _, _ = score(held_out, sample_responses(model, saved_tokenizer, prompts, temperature=0.0))
+    sampled_responses = sample_responses(model, saved_tokenizer, prompts, temperature=1.0)
+    sampled, unparsable, first_wrong = score(held_out, sampled_responses)
     report = BuildReport(
         out_dir=str(out),
         seed=seed,

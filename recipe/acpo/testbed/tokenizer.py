@@ -1,7 +1,9 @@
 """The testbed policy's tokenizer: a byte-level BPE trained with ``tokenizers`` on the task's own text.
 
-Digits are always single tokens (so every number is spelled digit by digit, as arithmetic needs), the rest is
-byte-level BPE over the prompts and reference solutions, and three special tokens make a ChatML-style chat template:
+The vocabulary (512 entries at most) is larger than the task's text needs, so the BPE learns every word and every
+number of the task as one token: an equation's result is one prediction, a fact of the operation table that the
+policy learns, and slips on when sampled (``split_digits=True`` spells numbers digit by digit instead: a much harder
+task for a small model). Three special tokens make a ChatML-style chat template:
 ``<|im_start|>`` opens a turn, ``<|im_end|>`` ends one (the end-of-sequence token generation stops on) and
 ``<|endoftext|>`` pads. The result is an ordinary Hugging Face ``PreTrainedTokenizerFast`` folder
 (``tokenizer.json`` + ``tokenizer_config.json`` with the chat template) that ``AutoTokenizer`` and verl load.
@@ -24,7 +26,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, model_max_length: int = 512) -> Any:
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int = 512, model_max_length: int = 512, split_digits: bool = True
+) -> Any:
     """A ``PreTrainedTokenizerFast`` with a byte-level BPE of ``vocab_size`` entries learnt from ``texts``.
 
     Deterministic: the same texts in the same order give the same merges.
@@ -33,8 +37,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, model_max_lengt
     from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if split_digits
+        else byte_level
     )
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
