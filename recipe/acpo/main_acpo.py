@@ -13,8 +13,9 @@ starts, the run is checked and stops with a message naming the file or key at fa
 - the reward manager (imported here once, so a typo fails now rather than in a Ray worker).
 
 Ray is then started (its temporary folder is ``ray_kwargs.ray_init._temp_dir``), every worker importing the CPU plugin
-when ``trainer.device=cpu`` (``VERL_USE_EXTERNAL_MODULES`` / ``VERL_PLATFORM`` in the runtime environment), and shut
-down at the end, on an error and on Ctrl-C or SIGTERM, so that no process is left behind.
+(the ``verl_cpu`` package) when ``trainer.device=cpu`` (``VERL_USE_EXTERNAL_MODULES`` / ``VERL_PLATFORM`` in the
+runtime environment), and shut down at the end, on an error and on Ctrl-C or SIGTERM, so that no process is left
+behind.
 
 ``ACPOTaskRunner`` mirrors verl's ``TaskRunnerV1.run``; ``get_trainer_class`` is the single place that picks the
 trainer class it builds.
@@ -224,7 +225,7 @@ def check_reward_manager(config: DictConfig) -> None:
 
 def activate_cpu_plugin() -> dict[str, str]:
     """Select the CPU platform in this process; return the variables that load the plugin in every Ray worker."""
-    from recipe.acpo.cpu import activate
+    from verl_cpu import activate
 
     return activate()
 

@@ -104,7 +104,7 @@ def cpu_server(tiny_model_dir: Path, policy: Any) -> Any:
     """The CPU rollout's generation server, in-process, serving ``policy``."""
     from verl.workers.config import HFModelConfig, RolloutConfig
 
-    from recipe.acpo.cpu.rollout import CPURolloutServer
+    from verl_cpu.rollout import CPURolloutServer
 
     rollout = RolloutConfig(name="cpu", tensor_model_parallel_size=1, prompt_length=64, response_length=8)
     return CPURolloutServer(rollout, HFModelConfig(path=str(tiny_model_dir)), model=policy)
