@@ -38,7 +38,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["acpo_core", "acpo_core.*", "recipe", "recipe.*", "data_prep", "data_prep.*"]),
+    packages=find_packages(
+        include=["acpo_core", "acpo_core.*", "recipe", "recipe.*", "data_prep", "data_prep.*", "verl_cpu", "verl_cpu.*"]
+    ),
     package_data={"recipe.acpo": ["config/*.yaml", "config/*/*.yaml", "report/assets/*"]},
     include_package_data=True,
     install_requires=RUNTIME_REQUIRES,

@@ -39,7 +39,7 @@ def _prompts(tokenizer: Any, count: int) -> list[list[int]]:
 def _server(model_dir: Path, max_tokens: int, threads: int | None) -> Any:
     from verl.workers.config import HFModelConfig, RolloutConfig
 
-    from recipe.acpo.cpu.rollout import CPURolloutServer
+    from verl_cpu.rollout import CPURolloutServer
 
     config = RolloutConfig(
         name="cpu",

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from recipe.acpo.cpu.generation import SamplingSpec, generate_batch
+from verl_cpu.generation import SamplingSpec, generate_batch
 
 TEMPLATE = (
     "Solve the following math problem step by step. The last line of your response should be of the form "

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
+from acpo_core.attribution import AttributionBatch, answer_batch
 from acpo_core.config import ACPOConfig
 from acpo_core.segmentation import VocabTables
-from recipe.acpo.acpo_trainer import RolloutView, compute_acpo_step
-from recipe.acpo.acpo_worker import AttributionInputs
+from acpo_core.step import ACPOBatch, compute_acpo_step
 from recipe.acpo.offline_models import load_qwen25_tokenizer
 from recipe.acpo.step_dump import build_step_records, token_text_table, write_step_records
 
@@ -43,7 +43,7 @@ def arithmetic_text(rng: random.Random) -> str:
     return " ".join(sentences) + f"\nAnswer: {value}"
 
 
-def realistic_view(tokenizer, batch: int, width: int, seed: int = 0) -> RolloutView:
+def realistic_view(tokenizer, batch: int, width: int, seed: int = 0) -> ACPOBatch:
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     prompt = tokenizer("Compute step by step: start from a number and apply the operations.")["input_ids"]
@@ -58,7 +58,9 @@ def realistic_view(tokenizer, batch: int, width: int, seed: int = 0) -> RolloutV
     scores = torch.tensor([float(rng.random() < 0.5) for _ in range(batch)])
     grouped = scores.view(groups, -1)
     base = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-6)).flatten()
-    return RolloutView(
+    uids = [f"prompt-{b // (batch // groups)}" for b in range(batch)]
+    answer_ids, answer_mask = answer_batch(tokenizer, ["42"] * batch, uids, "Answer: {answer}")
+    return ACPOBatch(
         prompt_ids=torch.tensor([prompt] * batch),
         prompt_mask=torch.ones(batch, len(prompt), dtype=torch.long),
         response_ids=response_ids,
@@ -67,12 +69,14 @@ def realistic_view(tokenizer, batch: int, width: int, seed: int = 0) -> RolloutV
         base_advantages=base,
         scores=scores,
         is_padding=torch.zeros(batch, dtype=torch.bool),
-        uids=[f"prompt-{b // (batch // groups)}" for b in range(batch)],
+        uids=uids,
+        answer_ids=answer_ids,
+        answer_mask=answer_mask,
         ground_truths=["42"] * batch,
     )
 
 
-def random_scores(inputs: AttributionInputs) -> torch.Tensor:
+def random_scores(inputs: AttributionBatch) -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
     return -10.0 + torch.randn(inputs.boundaries.shape, generator=generator).cumsum(dim=1)
 
@@ -103,7 +107,7 @@ def main() -> None:
     print(f"token text table (once per run, at trainer start): {time.perf_counter() - start:.3f} s")
     view = realistic_view(tokenizer, args.batch, args.width)
     cfg = ACPOConfig()
-    result = compute_acpo_step(view, VocabTables.from_tokenizer(tokenizer), tokenizer, cfg, random_scores, {})
+    result = compute_acpo_step(view, VocabTables.from_tokenizer(tokenizer), cfg, random_scores, {})
     steps_each = float(result.segmentation.num_steps.float().mean())
     print(f"batch: {args.batch} responses x {args.width} tokens, {steps_each:.1f} steps each")
 

@@ -1,62 +1,39 @@
-"""Estimate each training prompt's pass rate with the initial policy and write it to ``extra_info.pass_rate``.
+"""The data side of the pass-rate pre-pass: row numbers in, pass rates out of ``extra_info``.
 
-Spec §6: Stage 1's curriculum seeds its pass-rate estimate p(q) from ``extra_info.pass_rate`` when the data has it,
-so hard prompts are sampled hot from the first epoch instead of after their first group. This optional pre-pass
-computes it the way training will see it: k samples per prompt through verl's own validation path
-(``python -m recipe.acpo.main_acpo ... trainer.val_only=True`` with the training parquet as validation data,
-``rollout.val_kwargs.n=k`` at the rollout temperature), scored by the recipe's math reward, dumped by verl to
-``trainer.validation_data_dir`` and read back here. p(q) = correct samples / samples of the prompt.
+Spec §6: Stage 1's curriculum seeds its pass-rate estimate p(q) from ``extra_info.pass_rate`` when the data has it.
+The pre-pass that estimates it with the initial policy, ``python -m recipe.acpo.pass_rate``, runs verl's validation
+pass; this module is what it does to the data, with no dependency on the recipe:
 
-verl's dump does not say which data row a generation came from, so the pre-pass adds a row number to
-``extra_info`` (``acpo_pass_rate_row``) of a working copy of the input and scores with
-``recipe.acpo.pass_rate_reward.PassRateRewardManager``, the recipe's reward manager that also echoes that number into
-the per-sample reward information verl dumps. The output is the input, row for row and column for column, with
-``extra_info.pass_rate`` added (or replaced). A row verl could not sample (e.g. a prompt longer than
-``data.max_prompt_length``, which verl's dataset drops) keeps a null pass rate and is counted in the summary.
-
-Example (GPU node; on a CPU add ``--config-name acpo_cpu``)::
-
-    python -m data_prep.pass_rate --input train.parquet --output train_pass_rate.parquet \\
-        --model Qwen/Qwen2.5-Math-7B --k 8 -- trainer.n_gpus_per_node=8 data.max_response_length=3072
+- ``add_row_numbers``: verl's dump does not say which data row a generation came from, so the working copy of the
+  input gets a row number in ``extra_info`` (``acpo_pass_rate_row``), which the pre-pass's reward manager echoes into
+  the per-sample reward information verl dumps;
+- ``read_dump`` / ``pass_rates_from_dump``: p(q) = correct samples / samples of the row, from that dump;
+- ``write_pass_rates``: the input, row for row and column for column, with ``extra_info.pass_rate`` added (or
+  replaced); a row verl could not sample keeps a null pass rate.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import shlex
-import shutil
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from data_prep.schema import DataError
 
 ROW_KEY = "acpo_pass_rate_row"
 PASS_RATE_KEY = "pass_rate"
-EXIT_BAD_INPUT = 2
-EXIT_RUN_FAILED = 3
-_REPO_ROOT = Path(__file__).resolve().parents[1]
-# The recipe's reward manager plus the row number (recipe/acpo/pass_rate_reward.py), as verl's importlib source.
-REWARD_MANAGER = ("pkg://recipe.acpo.pass_rate_reward", "PassRateRewardManager")
 
 __all__ = [
     "PASS_RATE_KEY",
-    "REWARD_MANAGER",
     "ROW_KEY",
     "PassRates",
     "add_row_numbers",
-    "main",
     "pass_rates_from_dump",
-    "validation_command",
+    "read_dump",
     "write_pass_rates",
 ]
 
@@ -161,131 +138,3 @@ def read_dump(folder: Path) -> list[dict[str, Any]]:
         raise DataError(f"{folder}: expected one generations file from verl's validation, found {len(files)}")
     with open(files[0], encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The validation run
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def validation_command(
-    data: Path,
-    model: str,
-    k: int,
-    temperature: float,
-    dump_dir: Path,
-    ray_dir: Path,
-    config_name: str,
-    overrides: Sequence[str] = (),
-) -> list[str]:
-    """The ``recipe.acpo.main_acpo`` command that samples ``k`` responses per row of ``data`` and dumps them."""
-    return [
-        sys.executable,
-        "-m",
-        "recipe.acpo.main_acpo",
-        "--config-name",
-        config_name,
-        f"actor_rollout_ref.model.path={model}",
-        f"data.train_files={data}",
-        f"data.val_files={data}",
-        "trainer.val_only=True",
-        "trainer.val_before_train=True",
-        "trainer.resume_mode=disable",
-        f"trainer.validation_data_dir={dump_dir}",
-        f"actor_rollout_ref.rollout.val_kwargs.n={k}",
-        f"actor_rollout_ref.rollout.val_kwargs.temperature={temperature}",
-        "actor_rollout_ref.rollout.val_kwargs.top_p=1.0",
-        "actor_rollout_ref.rollout.val_kwargs.top_k=-1",
-        "actor_rollout_ref.rollout.val_kwargs.do_sample=True",
-        "reward.reward_manager.source=importlib",
-        f"reward.reward_manager.module.path={REWARD_MANAGER[0]}",
-        f"reward.reward_manager.name={REWARD_MANAGER[1]}",
-        f"ray_kwargs.ray_init._temp_dir={ray_dir}",
-        # verl checks the training settings even when it only validates; nothing is trained, so any valid values do
-        # (the overrides below, e.g. the training run's own, replace them).
-        "trainer.total_training_steps=1",
-        "trainer.logger=[console]",
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=1",
-        *overrides,
-    ]
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m data_prep.pass_rate",
-        description=__doc__.replace("``", ""),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--input", required=True, type=Path, help="training parquet in verl's RL schema")
-    parser.add_argument(
-        "--output", required=True, type=Path, help="parquet to write (the input + extra_info.pass_rate)"
-    )
-    parser.add_argument("--model", required=True, help="the initial policy: a Hugging Face folder (or hub id)")
-    parser.add_argument("--k", type=int, default=8, help="samples per prompt (default 8, the paper's group size)")
-    parser.add_argument(
-        "--temperature", type=float, default=1.0, help="sampling temperature: the rollout temperature (default 1.0)"
-    )
-    parser.add_argument(
-        "--config-name",
-        default="acpo_trainer",
-        help="recipe config to run with: acpo_trainer (GPUs, default) or acpo_cpu (no GPU)",
-    )
-    parser.add_argument(
-        "--hard-pass-rate", type=float, default=0.25, help="only for the printed summary: the hard-tier threshold"
-    )
-    parser.add_argument(
-        "--work-dir", type=Path, help="keep the working copy and verl's dump here (default: a temp dir)"
-    )
-    parser.add_argument("--dry-run", action="store_true", help="print the validation command and stop")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for recipe.acpo.main_acpo (after '--')")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.k < 1:
-        _parser().error(f"--k must be >= 1, got {args.k}")
-    if not args.input.is_file():
-        print(f"pass_rate: error: {args.input}: no such file", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="acpo_pass_rate_"))
-    work.mkdir(parents=True, exist_ok=True)
-    # Ray's socket paths must stay under 107 characters: a short private folder of its own.
-    ray_dir = Path(tempfile.mkdtemp(prefix="acpo_pr_ray_", dir="/tmp"))
-    try:
-        table = pq.read_table(args.input)
-        working_copy = work / "input_with_rows.parquet"
-        pq.write_table(add_row_numbers(table), working_copy)
-        dump_dir = work / "generations"
-        if dump_dir.exists():
-            shutil.rmtree(dump_dir)
-        command = validation_command(
-            working_copy, args.model, args.k, args.temperature, dump_dir, ray_dir, args.config_name, args.overrides
-        )
-        print("running:", shlex.join(command), flush=True)
-        if args.dry_run:
-            return 0
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-        done = subprocess.run(command, cwd=_REPO_ROOT, env=env, check=False)
-        if done.returncode != 0:
-            print(f"pass_rate: error: the validation run exited with status {done.returncode}", file=sys.stderr)
-            return EXIT_RUN_FAILED
-        rates = pass_rates_from_dump(read_dump(dump_dir), table.num_rows)
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(write_pass_rates(table, rates.rates), args.output)
-        print(rates.summary(args.k, args.hard_pass_rate))
-        print(f"wrote {args.output}")
-        return 0
-    except DataError as err:
-        print(f"pass_rate: error: {args.input}: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    finally:
-        shutil.rmtree(ray_dir, ignore_errors=True)
-        if args.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

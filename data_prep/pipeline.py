@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from data_prep.schema import DataError, build_row, extract_problem, ground_truth_problem, normalise_problem
+from data_prep.ground_truth import ground_truth_problem
+from data_prep.schema import DataError, build_row, extract_problem, normalise_problem
 
 T = TypeVar("T")
 MAX_ROWS_IN_ERROR = 10

@@ -5,7 +5,7 @@ Every file this package writes is a parquet in the schema verl's ``RLHFDataset``
     data_source   str                                    e.g. "math_dapo", "aime2024" (verl groups metrics by it)
     prompt        list<struct<content: str, role: str>>  one user message: PROMPT_TEMPLATE around the problem
     ability       str                                    "MATH"
-    reward_model  struct<ground_truth: str, style: str>  the reference answer, parsed by math-verify
+    reward_model  struct<ground_truth: str, style: str>  the reference answer, read by data_prep.ground_truth's rule
     extra_info    struct<index: str, raw_problem: str, split: str, ...>
                   (+ ``pass_rate`` when the input had one, + per-benchmark fields such as MATH-500's ``subject``)
 
@@ -19,19 +19,18 @@ data_prep.check`` runs it from the command line. Row numbers in every message ar
 from __future__ import annotations
 
 import math
-import re
-import threading
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from data_prep.ground_truth import ground_truth_problem
 
 PROMPT_TEMPLATE = (
     "Solve the following math problem step by step. The last line of your response should be of the form "
@@ -52,9 +51,6 @@ EXTRA_INFO_TYPES: dict[str, pa.DataType] = {
 }
 PROMPT_TYPE = pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())]))
 REWARD_MODEL_TYPE = pa.struct([("ground_truth", pa.string()), ("style", pa.string())])
-# Answers made only of digits skip math-verify: it parses every such string (tested), in microseconds not milliseconds.
-_PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-_PARSE_TIMEOUT_S = 5
 
 
 class DataError(ValueError):
@@ -151,55 +147,6 @@ def write_rows(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(rows_to_table(rows), out)
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Ground truths
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def parse_ground_truth(ground_truth: str) -> list[Any]:
-    """math-verify's parse of a reference answer, as verl's math-verify scorer reads it (``\\boxed{...}``, LaTeX).
-
-    Only real parses count (no fallback to the raw string). Off the main thread math-verify cannot use its
-    SIGALRM time limit, so it runs without one there.
-    """
-    from math_verify import LatexExtractionConfig, parse
-
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    return parse(
-        "\\boxed{" + ground_truth + "}",
-        [LatexExtractionConfig()],
-        fallback_mode="no_fallback",
-        parsing_timeout=_PARSE_TIMEOUT_S if in_main_thread else None,
-    )
-
-
-def ground_truth_problem(ground_truth: Any) -> str | None:
-    """Why ``ground_truth`` is not a usable reference answer, or None when it is one.
-
-    Usable: a non-empty string that math-verify parses (see ``parse_ground_truth``).
-    """
-    if ground_truth is None or (isinstance(ground_truth, float) and math.isnan(ground_truth)):
-        return "ground truth is missing (null)"
-    if not isinstance(ground_truth, str):
-        return f"ground truth {ground_truth!r} has type {type(ground_truth).__name__}, not a string"
-    return _string_ground_truth_problem(ground_truth)
-
-
-@lru_cache(maxsize=65536)
-def _string_ground_truth_problem(ground_truth: str) -> str | None:
-    if not ground_truth.strip():
-        return "ground truth is empty"
-    if _PLAIN_NUMBER.fullmatch(ground_truth.strip()):
-        return None
-    try:
-        parsed = parse_ground_truth(ground_truth)
-    except Exception as err:  # math-verify raises its own timeout and sympy errors
-        return f"ground truth {ground_truth!r} makes math-verify fail: {type(err).__name__}: {err}"
-    if not parsed:
-        return f"ground truth {ground_truth!r} cannot be parsed by math-verify"
-    return None
 
 
 # ----------------------------------------------------------------------------------------------------------------

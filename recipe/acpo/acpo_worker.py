@@ -19,14 +19,13 @@ verl's ``compute_log_prob``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import fields
 from typing import Any
 
 import torch
 from tensordict import TensorDict
-from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
+from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import tensordict_utils as tu
 from verl.utils.device import get_device_id, get_device_name
 from verl.workers.engine_workers import ActorRolloutRefWorker
@@ -41,7 +40,6 @@ __all__ = [
     "attribution_request",
     "build_naive_log_prob_batch",
     "pad_rows_to_multiple",
-    "unpinned_offload_on_cpu_platform",
 ]
 
 ANSWER_LOGLIK_KEY = "answer_loglik"
@@ -97,39 +95,8 @@ def pad_rows_to_multiple(td: TensorDict, multiple: int) -> tuple[TensorDict, int
     return tu.index_select_tensor_dict(td, index), num_rows
 
 
-@contextmanager
-def unpinned_offload_on_cpu_platform() -> Iterator[None]:
-    """Build verl's forward-only FSDP2 models (the Stage-2 reference) without pinned memory on the ``cpu`` platform.
-
-    verl's FSDP engine gives a forward-only model ``CPUOffloadPolicy(pin_memory=True)``, and pinning host memory needs
-    an accelerator ("Cannot access accelerator device when none is available"). On the ``cpu`` platform the policy is
-    built with ``pin_memory=False`` while the models are built; on any other device nothing changes.
-    """
-    if get_device_name() != "cpu":
-        yield
-        return
-    from verl.workers.engine.fsdp import transformer_impl
-
-    original = transformer_impl.CPUOffloadPolicy
-
-    def unpinned(pin_memory: bool = True, **kwargs: Any) -> Any:
-        return original(pin_memory=False, **kwargs)
-
-    transformer_impl.CPUOffloadPolicy = unpinned
-    try:
-        yield
-    finally:
-        transformer_impl.CPUOffloadPolicy = original
-
-
 class ACPOActorRolloutRefWorker(ActorRolloutRefWorker):
     """verl's hybrid actor/rollout/ref worker with spec §3 attribution scoring on the actor's own model."""
-
-    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
-    def init_model(self) -> None:
-        # Stage 2 has a reference model, which verl builds with pinned CPU offloading (see the context manager).
-        with unpinned_offload_on_cpu_platform():
-            super().init_model()
 
     def _check_acpo_support(self) -> None:
         if self.actor is None:

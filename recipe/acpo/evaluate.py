@@ -42,6 +42,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from recipe.acpo.validation_run import entry_point_command, hydra_string, validation_only_overrides
+
 DEFAULT_K = 8
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 1.0
@@ -333,15 +335,6 @@ def read_verl_reported(metrics_file: Path, sources: Iterable[str], k: int) -> di
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _hydra_list(values: Iterable[str]) -> str:
-    return "[" + ",".join(_hydra_string(value) for value in values) + "]"
-
-
-def _hydra_string(value: str) -> str:
-    """A Hydra override value that stays one string whatever it holds (paths with '=' or ',')."""
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _shell_line(command: Sequence[str]) -> str:
     return "+ " + " ".join(shlex.quote(part) for part in command)
 
@@ -395,7 +388,7 @@ def reward_manager_overrides(config: Any) -> list[str]:
             if isinstance(value, dict):
                 yield from leaves(value, f"{prefix}.{key}")
             else:
-                yield f"+{prefix}.{key}=" + ("null" if value is None else _hydra_string(str(value)))
+                yield f"+{prefix}.{key}=" + ("null" if value is None else hydra_string(str(value)))
 
     return [
         *leaves(spec, "acpo_eval.reward_manager"),
@@ -428,44 +421,32 @@ def build_validation_command(
     """``python -m recipe.acpo.main_acpo`` in validation-only mode with the benchmark files as validation data."""
     files = [str(path) for path in data_files]
     overrides = [
-        f"actor_rollout_ref.model.path={_hydra_string(str(model))}",
         # verl builds a training dataloader even when it only validates: a benchmark file serves, nothing trains.
-        f"data.train_files={_hydra_list(files[:1])}",
-        f"data.val_files={_hydra_list(files)}",
+        *validation_only_overrides(
+            model=model,
+            train_files=files[:1],
+            val_files=files,
+            k=k,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            dump_dir=dump_dir,
+        ),
         f"data.max_prompt_length={max_prompt_length}",
         f"data.max_response_length={max_response_length}",
-        f"actor_rollout_ref.rollout.val_kwargs.n={k}",
-        f"actor_rollout_ref.rollout.val_kwargs.do_sample={temperature > 0}",
-        f"actor_rollout_ref.rollout.val_kwargs.temperature={temperature}",
-        f"actor_rollout_ref.rollout.val_kwargs.top_p={top_p}",
-        f"actor_rollout_ref.rollout.val_kwargs.top_k={top_k}",
-        "trainer.val_only=True",
-        "trainer.val_before_train=True",
-        "trainer.total_training_steps=1",
-        "trainer.resume_mode=disable",
-        f"trainer.validation_data_dir={_hydra_string(str(dump_dir))}",
-        f"trainer.default_local_dir={_hydra_string(str(checkpoint_dir))}",
+        f"trainer.default_local_dir={hydra_string(str(checkpoint_dir))}",
         "trainer.project_name=acpo_eval",
-        f"trainer.experiment_name={_hydra_string(experiment_name)}",
+        f"trainer.experiment_name={hydra_string(experiment_name)}",
         "trainer.logger=[console,file]",
         # Hydra's own run folder (config and log of the run) beside the results, not in the current directory.
-        f"hydra.run.dir={_hydra_string(str(dump_dir.parent / 'hydra'))}",
+        f"hydra.run.dir={hydra_string(str(dump_dir.parent / 'hydra'))}",
     ]
     if n_gpus is not None:
         overrides += [f"trainer.n_gpus_per_node={n_gpus}", f"trainer.nnodes={nnodes}"]
     if tensor_parallel_size is not None:
         overrides.append(f"actor_rollout_ref.rollout.tensor_model_parallel_size={tensor_parallel_size}")
     # The tool's own settings last: the user's overrides were composed into them (the wrapped reward manager).
-    return [
-        sys.executable,
-        "-m",
-        "recipe.acpo.main_acpo",
-        "--config-name",
-        config_name,
-        *overrides,
-        *extra_overrides,
-        *config_overrides,
-    ]
+    return entry_point_command(config_name, [*overrides, *extra_overrides, *config_overrides])
 
 
 def _cuda_device_count() -> int:

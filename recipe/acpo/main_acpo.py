@@ -1,7 +1,9 @@
 """The ACPO recipe's entry point: ``python -m recipe.acpo.main_acpo [--config-name NAME] key=value ...``.
 
-Configs live in ``recipe/acpo/config`` (``acpo_trainer``: verl's ``ppo_trainer`` + the ``acpo:`` block; ``acpo_cpu``:
-the CPU preset). Before Ray starts, the run is checked and stops with a message naming the file or key at fault:
+Configs live in ``recipe/acpo/config`` (``acpo_trainer``: verl's ``ppo_trainer`` + the ``acpo:`` block, GRPO unless a
+stage is added; ``acpo_stage1`` / ``acpo_stage2``: the two ACPO stages; ``acpo_cpu*``: the same on the CPU). Without
+``--config-name`` the run is ACPO Stage 1 (``acpo_stage1``); ``--help`` lists the configs and the main keys. Before Ray
+starts, the run is checked and stops with a message naming the file or key at fault:
 
 - the ``acpo:`` block (``acpo_core.config.ACPOConfig``);
 - the train and validation parquets (``data_prep.schema.check_data_files``: missing file, no ``prompt``, no
@@ -11,8 +13,9 @@ the CPU preset). Before Ray starts, the run is checked and stops with a message 
 - the reward manager (imported here once, so a typo fails now rather than in a Ray worker).
 
 Ray is then started (its temporary folder is ``ray_kwargs.ray_init._temp_dir``), every worker importing the CPU plugin
-when ``trainer.device=cpu`` (``VERL_USE_EXTERNAL_MODULES`` / ``VERL_PLATFORM`` in the runtime environment), and shut
-down at the end, on an error and on Ctrl-C or SIGTERM, so that no process is left behind.
+(the ``verl_cpu`` package) when ``trainer.device=cpu`` (``VERL_USE_EXTERNAL_MODULES`` / ``VERL_PLATFORM`` in the
+runtime environment), and shut down at the end, on an error and on Ctrl-C or SIGTERM, so that no process is left
+behind.
 
 ``ACPOTaskRunner`` mirrors verl's ``TaskRunnerV1.run``; ``get_trainer_class`` is the single place that picks the
 trainer class it builds.
@@ -41,6 +44,23 @@ from acpo_core.config import ACPOConfig, ACPOConfigError
 
 RECIPE_ROOT = Path(__file__).resolve().parents[2]
 CPU_PRESET = "acpo_cpu"
+DEFAULT_CONFIG_NAME = "acpo_stage1"
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
+# Config files that are not runs of their own (included by the others).
+_INCLUDED_CONFIGS = frozenset({"agent_loops"})
+# The keys most runs set, with what they take.
+MAIN_KEYS: dict[str, str] = {
+    "actor_rollout_ref.model.path": "a local Hugging Face model folder (or a hub id)",
+    "data.train_files": "train parquet(s) in verl's RL schema (python -m data_prep.cli)",
+    "data.val_files": "validation parquet(s)",
+    "trainer.total_training_steps": "length of the run (the stage length for acpo_stage1)",
+    "trainer.default_local_dir": "checkpoint folder (Stage 2 starts from Stage 1's)",
+    "trainer.n_gpus_per_node / trainer.nnodes": "training workers",
+    "actor_rollout_ref.rollout.n": "responses per prompt (the GRPO group)",
+    "algorithm.adv_estimator": "acpo (the stage configs) or grpo (the plain baseline)",
+    "acpo.<key>": "the algorithm's settings (ACPO_SPEC.md; validated before Ray starts)",
+    "ray_kwargs.ray_init._temp_dir": "Ray's temporary folder (a private one on a shared machine)",
+}
 VERL_CONFIG_SEARCH_PATH = "pkg://verl.trainer.config"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -205,7 +225,7 @@ def check_reward_manager(config: DictConfig) -> None:
 
 def activate_cpu_plugin() -> dict[str, str]:
     """Select the CPU platform in this process; return the variables that load the plugin in every Ray worker."""
-    from recipe.acpo.cpu import activate
+    from verl_cpu import activate
 
     return activate()
 
@@ -380,7 +400,35 @@ def run(config: DictConfig) -> None:
         ray.get(runner.run.remote(config))
 
 
-@hydra.main(config_path="config", config_name="acpo_trainer", version_base=None)
+def _config_summary(path: Path) -> str:
+    """The first comment line of a config file, which says what it is."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def usage() -> str:
+    """``--help``: the configs to pick with ``--config-name`` and the keys most runs set."""
+    configs = sorted(p for p in CONFIG_DIR.glob("*.yaml") if p.stem not in _INCLUDED_CONFIGS)
+    width = max(len(p.stem) for p in configs) + 2
+    lines = [
+        "usage: python -m recipe.acpo.main_acpo [--config-name NAME] key=value ...",
+        "",
+        f"Trains with verl 0.9.1 and the ACPO recipe. Configs (--config-name; default: {DEFAULT_CONFIG_NAME}):",
+    ]
+    lines += [f"  {p.stem:<{width}}{_config_summary(p)}" for p in configs]
+    lines += ["", "Main keys (key=value):"]
+    width = max(len(key) for key in MAIN_KEYS) + 2
+    lines += [f"  {key:<{width}}{meaning}" for key, meaning in MAIN_KEYS.items()]
+    lines += [
+        "",
+        "Show the composed config without running: --cfg job. Hydra's own options: --hydra-help.",
+    ]
+    return "\n".join(lines)
+
+
+@hydra.main(config_path="config", config_name=DEFAULT_CONFIG_NAME, version_base=None)
 def main(config: DictConfig) -> None:
     try:
         run(config)
@@ -393,4 +441,7 @@ def main(config: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
+        print(usage())
+        sys.exit(0)
     main()

@@ -1,4 +1,4 @@
-"""The reward manager of the pass-rate pre-pass (``python -m data_prep.pass_rate``).
+"""The reward manager of the pass-rate pre-pass (``python -m recipe.acpo.pass_rate``).
 
 verl's validation dump does not say which data row a generation came from. The pre-pass numbers the rows in
 ``extra_info.acpo_pass_rate_row`` of a working copy of the data, and this manager, the recipe's math reward

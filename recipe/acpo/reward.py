@@ -1,7 +1,8 @@
 """Verifiable math reward (spec §7): answer extraction and math-verify run in worker processes with a time limit.
 
 The answer is the last ``Answer:`` line of the response, else its last balanced ``\\boxed{...}``; it is verified
-against the ground truth with math-verify (gold first) and scores 1.0 or 0.0.
+against the ground truth with math-verify (gold first) and scores 1.0 or 0.0. Both are read as math by
+``data_prep.ground_truth.parse_math``, the rule ``data_prep.check`` applies to ground truths.
 
 math-verify's own time limits use ``SIGALRM``, which only works on a process's main thread, and some inputs
 (``9^{9^{9}}``, ``(10^{6})!``) keep sympy busy for minutes. Verification therefore runs in a small pool of worker
@@ -36,6 +37,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Literal
+
+from data_prep.ground_truth import is_expression, parse_math
 
 logger = logging.getLogger(__name__)
 
@@ -132,27 +135,6 @@ def _on_item_alarm(signum: int, frame: Any) -> None:
     raise _ItemTimeout
 
 
-def _as_boxed(text: str) -> str:
-    return text if "\\boxed" in text else "\\boxed{" + text + "}"
-
-
-def _parse_candidates(text: str) -> list[Any]:
-    """math-verify candidates for an answer: its LaTeX read as ``\\boxed{...}``, else as plain text."""
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
-
-    targets = (LatexExtractionConfig(), ExprExtractionConfig())
-    # Timeouts inside math-verify are off: its SIGALRM would cancel the worker's own item timer.
-    candidates = parse(_as_boxed(text), targets, parsing_timeout=None)
-    if not any(_is_expression(candidate) for candidate in candidates):
-        candidates = parse(text, targets, parsing_timeout=None) or candidates
-    return candidates
-
-
-def _is_expression(candidate: Any) -> bool:
-    """A parsed sympy object, not math-verify's fallback string."""
-    return not isinstance(candidate, str)
-
-
 _GOLD_CACHE: dict[str, list[Any]] = {}
 
 
@@ -170,13 +152,13 @@ def verify_answer(ground_truth: str, answer: str) -> tuple[bool, bool, str]:
 
     gold = _GOLD_CACHE.get(ground_truth)
     if gold is None:
-        gold = _parse_candidates(ground_truth)
+        gold = parse_math(ground_truth)
         # A GRPO group repeats its ground truth n times; the cache is bounded by the data set's distinct answers.
         if len(_GOLD_CACHE) < 100_000:
             _GOLD_CACHE[ground_truth] = gold
-    predicted = _parse_candidates(answer)
-    parsed = any(_is_expression(candidate) for candidate in predicted)
-    problem = "" if any(_is_expression(candidate) for candidate in gold) else GOLD_UNPARSABLE
+    predicted = parse_math(answer)
+    parsed = any(is_expression(candidate) for candidate in predicted)
+    problem = "" if any(is_expression(candidate) for candidate in gold) else GOLD_UNPARSABLE
     if not gold or not predicted:
         return False, parsed, problem
     return bool(verify(gold, predicted, timeout_seconds=None)), parsed, problem

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from recipe.acpo.cpu.generation import SamplingSpec, generate_batch, sample_next_tokens, sampling_spec_from_params
+from verl_cpu.generation import SamplingSpec, generate_batch, sample_next_tokens, sampling_spec_from_params
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EOS = 151645  # <|im_end|>
@@ -131,7 +131,7 @@ def test_sampling_params_from_verl_are_honoured_or_rejected_by_name() -> None:
 def _server(tiny_model_dir: Path, policy: Any | None = None, **rollout: Any) -> Any:
     from verl.workers.config import HFModelConfig, RolloutConfig
 
-    from recipe.acpo.cpu.rollout import CPURolloutServer
+    from verl_cpu.rollout import CPURolloutServer
 
     config = RolloutConfig(
         name="cpu", tensor_model_parallel_size=1, prompt_length=64, response_length=16, load_format="auto", **rollout
@@ -195,7 +195,7 @@ def test_weight_updates_replace_the_served_policy_and_reject_foreign_weights(tin
 def test_a_server_started_from_dummy_weights_refuses_to_generate(tiny_model_dir: Path) -> None:
     from verl.workers.config import HFModelConfig, RolloutConfig
 
-    from recipe.acpo.cpu.rollout import CPURolloutServer
+    from verl_cpu.rollout import CPURolloutServer
 
     config = RolloutConfig(name="cpu", tensor_model_parallel_size=1, prompt_length=64, response_length=16)
     server = CPURolloutServer(config, HFModelConfig(path=str(tiny_model_dir)))
@@ -230,7 +230,7 @@ _PLUGIN_PROBE = textwrap.dedent(
 def test_verl_loads_the_cpu_plugin_through_its_external_module_hook() -> None:
     env = {
         **os.environ,
-        "VERL_USE_EXTERNAL_MODULES": "recipe.acpo.cpu",
+        "VERL_USE_EXTERNAL_MODULES": "verl_cpu",
         "VERL_PLATFORM": "cpu",
         "PYTHONPATH": str(REPO_ROOT),
         "MASTER_ADDR": "127.0.0.1",

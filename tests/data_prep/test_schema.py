@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from data_prep import arithmetic, benchmarks, check, dapo17k
+from data_prep.ground_truth import ground_truth_problem, parse_ground_truth
 from data_prep.schema import (
     PROMPT_TEMPLATE,
     DataCheckError,
@@ -20,9 +21,7 @@ from data_prep.schema import (
     check_data_files,
     check_parquet,
     extract_problem,
-    ground_truth_problem,
     normalise_problem,
-    parse_ground_truth,
     render_prompt,
     rows_to_table,
     validate_rows,

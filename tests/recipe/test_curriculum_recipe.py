@@ -30,7 +30,7 @@ from verl.utils import tensordict_utils as tu
 
 from acpo_core.curriculum import PassRateTracker
 from data_prep.pass_rate import ROW_KEY as PASS_RATE_ROW_KEY
-from data_prep.pass_rate import add_row_numbers, pass_rates_from_dump, validation_command, write_pass_rates
+from data_prep.pass_rate import add_row_numbers, pass_rates_from_dump, write_pass_rates
 from data_prep.schema import DataError, build_row, write_rows
 from recipe.acpo import main_acpo  # noqa: F401  (registers verl's packaged configs on Hydra's search path)
 from recipe.acpo.agent_loop import (
@@ -48,6 +48,7 @@ from recipe.acpo.curriculum import (
     CurriculumMixin,
     prompt_id,
 )
+from recipe.acpo.pass_rate import validation_command
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "recipe" / "acpo" / "config"
@@ -104,7 +105,7 @@ def cpu_server(tiny_model_dir: Path, policy: Any) -> Any:
     """The CPU rollout's generation server, in-process, serving ``policy``."""
     from verl.workers.config import HFModelConfig, RolloutConfig
 
-    from recipe.acpo.cpu.rollout import CPURolloutServer
+    from verl_cpu.rollout import CPURolloutServer
 
     rollout = RolloutConfig(name="cpu", tensor_model_parallel_size=1, prompt_length=64, response_length=8)
     return CPURolloutServer(rollout, HFModelConfig(path=str(tiny_model_dir)), model=policy)
@@ -511,7 +512,7 @@ def test_a_dump_record_without_a_valid_row_is_rejected(record: dict, message: st
 
 def test_the_pre_pass_command_line_documents_itself_and_builds_verls_validation_run(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "data_prep.pass_rate", "--help"], cwd=REPO_ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "recipe.acpo.pass_rate", "--help"], cwd=REPO_ROOT, capture_output=True, text=True
     )
     assert done.returncode == 0
     for text in ("extra_info.pass_rate", "--k", "trainer.val_only=True", "validation_data_dir", "--config-name"):
@@ -523,7 +524,7 @@ def test_the_pre_pass_command_line_documents_itself_and_builds_verls_validation_
     settings = (
         "trainer.val_only=True",
         "actor_rollout_ref.rollout.val_kwargs.n=8",
-        f"data.val_files={tmp_path}/d.parquet",
+        f"data.val_files=['{tmp_path}/d.parquet']",
     )
     for setting in settings:
         assert setting in command

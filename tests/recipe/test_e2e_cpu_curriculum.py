@@ -1,6 +1,6 @@
 """End to end on the CPU: the Stage-1 curriculum (spec §6) in ``python -m recipe.acpo.main_acpo --config-name
 acpo_cpu_stage1`` with real Ray, verl's V1 trainer, the ACPO trainer, the CPU rollout and the recipe's math reward;
-and the pass-rate pre-pass ``python -m data_prep.pass_rate`` through verl's validation path.
+and the pass-rate pre-pass ``python -m recipe.acpo.pass_rate`` through verl's validation path.
 
 The training data has four prompts, two per step in order: prompts 0 and 2 are marked hard in the data
 (``extra_info.pass_rate = 0``), prompts 1 and 3 have no pass rate (unknown: normal tier). With ``rollout.n = 4`` and
@@ -204,7 +204,7 @@ def test_the_pass_rate_pre_pass_writes_a_rate_for_every_row_through_verls_valida
 ) -> None:
     train, _ = curriculum_data
     output = tmp_path / "train_pass_rate.parquet"
-    command = [sys.executable, "-m", "data_prep.pass_rate", "--config-name", "acpo_cpu", "--input", str(train)]
+    command = [sys.executable, "-m", "recipe.acpo.pass_rate", "--config-name", "acpo_cpu", "--input", str(train)]
     command += ["--output", str(output), "--model", str(tiny_model_dir), "--k", "2", "--work-dir", str(tmp_path / "w")]
     command += [
         "--",

@@ -1,19 +1,24 @@
-"""verl 0.9.1 on a CPU-only machine, as a verl plugin: ``VERL_USE_EXTERNAL_MODULES=recipe.acpo.cpu VERL_PLATFORM=cpu``.
+"""verl 0.9.1 on a CPU-only machine, as a verl plugin: ``VERL_USE_EXTERNAL_MODULES=verl_cpu VERL_PLATFORM=cpu``.
 
 ``import verl`` imports the modules named in ``VERL_USE_EXTERNAL_MODULES``; ``VERL_PLATFORM`` selects a platform
 registered by one of them. Importing this package registers, without changing any verl file:
 
-1. the ``cpu`` platform (``recipe.acpo.cpu.platform``) in ``verl.plugin.platform.PlatformRegistry``;
+1. the ``cpu`` platform (``verl_cpu.platform``) in ``verl.plugin.platform.PlatformRegistry``;
 2. the FSDP/FSDP2 training engines for the ``cpu`` device in ``verl.workers.engine.EngineRegistry`` (verl
    registers them for ``cuda`` and ``npu`` only);
-3. the ``cpu`` rollout (``recipe.acpo.cpu.rollout``): its trainer-side adapter in verl's rollout registry
+3. the ``cpu`` rollout (``verl_cpu.rollout``): its trainer-side adapter in verl's rollout registry
    (``verl.workers.rollout.base``) and its replica in ``RolloutReplicaRegistry``;
 4. the process-group fix: on the ``cpu`` platform verl's ``initialize_global_process_group_ray`` builds the backend
-   string ``"cpu:gloo,cpu:gloo"``, which torch rejects (duplicate device); it is given plain ``"gloo"`` instead.
+   string ``"cpu:gloo,cpu:gloo"``, which torch rejects (duplicate device); it is given plain ``"gloo"`` instead;
+5. the unpinned offload: verl's FSDP engine builds a forward-only model (the reference model of a KL loss) with
+   ``CPUOffloadPolicy(pin_memory=True)``, and pinning host memory needs an accelerator ("Cannot access accelerator
+   device when none is available"); on the ``cpu`` platform the policy is built with ``pin_memory=False``, in every
+   worker class (verl's plain ``ActorRolloutRefWorker`` included).
 
-Items 2-4 are applied when verl imports the module concerned, so processes that never build an engine or a rollout
-(the driver, reward workers, agent-loop workers) do not pay for importing them. ``main_acpo`` sets both
-variables in every Ray worker through the runtime environment.
+Items 2-5 are applied when verl imports the module concerned, so processes that never build an engine or a rollout
+(the driver, reward workers, agent-loop workers) do not pay for importing them. A launcher calls ``activate()`` and
+sets the variables it returns in every Ray worker through the runtime environment (the ACPO recipe's ``main_acpo``
+does).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from recipe.acpo.cpu.platform import CPU_PLATFORM_NAME, PlatformCPU
+from verl_cpu.platform import CPU_PLATFORM_NAME, PlatformCPU
 
 PLUGIN_MODULE = __name__
 
@@ -102,11 +107,11 @@ def _register_fsdp_engines(engine_package: ModuleType) -> None:
 
 
 def _register_rollout_adapter(rollout_base: ModuleType) -> None:
-    rollout_base._ROLLOUT_REGISTRY[(CPU_PLATFORM_NAME, "async")] = "recipe.acpo.cpu.rollout.CPUServerAdapter"
+    rollout_base._ROLLOUT_REGISTRY[(CPU_PLATFORM_NAME, "async")] = "verl_cpu.rollout.CPUServerAdapter"
 
 
 def _load_cpu_replica() -> type:
-    from recipe.acpo.cpu.rollout import CPURolloutReplica
+    from verl_cpu.rollout import CPURolloutReplica
 
     return CPURolloutReplica
 
@@ -117,7 +122,7 @@ def _register_rollout_replica(replica_module: ModuleType) -> None:
 
 def _use_plain_gloo(distributed: ModuleType) -> None:
     original = distributed.initialize_global_process_group_ray
-    if getattr(original, "__acpo_cpu_wrapped__", False):
+    if getattr(original, "__verl_cpu_wrapped__", False):
         return
 
     @functools.wraps(original)
@@ -128,13 +133,30 @@ def _use_plain_gloo(distributed: ModuleType) -> None:
             backend = "gloo"
         return original(timeout_second=timeout_second, backend=backend)
 
-    initialize_global_process_group_ray.__acpo_cpu_wrapped__ = True  # type: ignore[attr-defined]
+    initialize_global_process_group_ray.__verl_cpu_wrapped__ = True  # type: ignore[attr-defined]
     distributed.initialize_global_process_group_ray = initialize_global_process_group_ray
 
 
+def _unpin_offload_policy(transformer_impl: ModuleType) -> None:
+    original = transformer_impl.CPUOffloadPolicy
+    if original is None or getattr(original, "__verl_cpu_wrapped__", False):
+        return
+
+    def cpu_offload_policy(*args: Any, **kwargs: Any) -> Any:
+        from verl.utils.device import get_device_name
+
+        if get_device_name() == CPU_PLATFORM_NAME:
+            kwargs["pin_memory"] = False
+        return original(*args, **kwargs)
+
+    cpu_offload_policy.__verl_cpu_wrapped__ = True  # type: ignore[attr-defined]
+    transformer_impl.CPUOffloadPolicy = cpu_offload_policy
+
+
 def register_all() -> None:
-    """Register the CPU engine, rollout and process-group fix (idempotent; the platform registers on import)."""
+    """Register the CPU engine, rollout and the fixes (idempotent; the platform registers on import)."""
     _after_import("verl.utils.distributed", _use_plain_gloo)
+    _after_import("verl.workers.engine.fsdp.transformer_impl", _unpin_offload_policy)
     _after_import("verl.workers.engine", _register_fsdp_engines)
     _after_import("verl.workers.rollout.base", _register_rollout_adapter)
     _after_import("verl.workers.rollout.replica", _register_rollout_replica)

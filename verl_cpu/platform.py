@@ -48,7 +48,7 @@ def _build_device_module() -> types.ModuleType:
     ``current_device()`` returns the string ``"cpu"`` so that ``tensor.to(get_device_id())`` and
     ``torch.device(get_device_id())`` both work.
     """
-    module = types.ModuleType("acpo_cpu_device", "torch.cpu with the torch.cuda API verl expects")
+    module = types.ModuleType("verl_cpu_device", "torch.cpu with the torch.cuda API verl expects")
     for name in dir(torch.cpu):
         if not name.startswith("__"):
             setattr(module, name, getattr(torch.cpu, name))

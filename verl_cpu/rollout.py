@@ -5,7 +5,7 @@ roles into verl's registries under the name ``cpu`` (``actor_rollout_ref.rollout
 
 - ``CPURolloutServer``: a Ray actor holding an fp32 copy of the policy. ``generate`` is token-in/token-out with
   per-request sampling parameters and per-token log-probs; requests that are pending together are decoded as
-  one left-padded batch (``recipe.acpo.cpu.generation``).
+  one left-padded batch (``verl_cpu.generation``).
 - ``CPURolloutReplica``: the ``RolloutReplica`` that launches one server per trainer worker, next to it
   (``RolloutReplicaRegistry``, used by ``LLMServerManager`` in the trainer process).
 - ``CPUServerAdapter``: the ``BaseRollout`` living in the trainer worker (``verl.workers.rollout.base``'s rollout
@@ -31,13 +31,13 @@ from verl.workers.config import HFModelConfig, RolloutConfig
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
-from recipe.acpo.cpu.generation import GenerationResult, SamplingSpec, generate_batch, sampling_spec_from_params
+from verl_cpu.generation import GenerationResult, SamplingSpec, generate_batch, sampling_spec_from_params
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
 
 ROLLOUT_NAME = "cpu"
-SERVER_NAME_PREFIX = "acpo_cpu_server"
+SERVER_NAME_PREFIX = "verl_cpu_server"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Batched token-in/token-out generation for a Hugging Face causal LM on the CPU, with per-request sampling.
 
-This is the compute core of the CPU rollout (``recipe.acpo.cpu.rollout``); it knows nothing about Ray or verl.
+This is the compute core of the CPU rollout (``verl_cpu.rollout``); it knows nothing about Ray or verl.
 Requests that are pending together are decoded together: prompts are left-padded into one batch, decoding
 shares one KV cache, and rows that finish (eos or their own token budget) are dropped from the batch.
 
