@@ -283,4 +283,11 @@ if (demo_dir / "accuracy.png").is_file():
 PY
 
 # --- 7. Report -------------------------------------------------------------------------------------------------------
-# (the per-step report of issue 11, `python -m recipe.acpo.report`, goes here)
+phase "report: training curves and the dumped responses with their step credit"
+for stage in stage1 stage2; do
+    run_logged "report_$stage" python -m recipe.acpo.report "$DEMO_DIR/$stage" \
+        --metrics "$LOGS/${stage}_metrics.jsonl" -o "$DEMO_DIR/report_$stage.html"
+done
+echo "Open in a browser (from disk, no network needed); steps are tinted blue for credit, red for blame:"
+echo "  file://$DEMO_DIR/report_stage1.html"
+echo "  file://$DEMO_DIR/report_stage2.html"
