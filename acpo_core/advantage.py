@@ -1,4 +1,4 @@
-"""Spec §1, §4, §5: from outcome rewards and step contributions to per-token advantages.
+"""§1, §4, §5: from outcome rewards and step contributions to per-token advantages.
 
 A_base is GRPO's group-normalised outcome advantage (§1). Each step i of a response gets a signed importance s_i from
 its contribution C_i, an uncertainty u_i from its mean entropy, and a weight w_i from the three entropy-regulation
@@ -38,7 +38,7 @@ __all__ = [
     "token_confidence_weights",
 ]
 
-# Regime of each step slot (spec §4); 0 marks slots beyond a response's K.
+# Regime of each step slot (§4); 0 marks slots beyond a response's K.
 REGIME_INVALID = 0
 REGIME_HELPFUL_IMPORTANT = 1  # s > 0 and |s| >= theta: w = 1 + beta * u
 REGIME_HELPFUL_MINOR = 2  # s > 0 and |s| < theta: w = max(0, 1 - gamma * u)
@@ -51,7 +51,7 @@ def _valid_steps(num_steps: torch.Tensor, kmax: int) -> torch.Tensor:
 
 
 def signed_step_importance(contributions: torch.Tensor, num_steps: torch.Tensor, cfg: AdvantageConfig) -> torch.Tensor:
-    """Spec §4: s_i = K * C_i / (sum_k |C_k| + eps), clipped to [-s_clip, s_clip].
+    """§4: s_i = K * C_i / (sum_k |C_k| + eps), clipped to [-s_clip, s_clip].
 
     Before clipping (and up to eps) the mean of |s_i| over a response's K steps is 1, whatever the scale of C and
     whatever the sign of the telescoped total sum_i C_i = L_K - L_0: each step's sign is its own.
@@ -109,7 +109,7 @@ def step_uncertainty(
     kmax: int,
     cfg: AdvantageConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spec §4: u_i = mean_{t in step i} H_t / (mean over all steps of the batch + eps), clipped to [0, u_clip].
+    """§4: u_i = mean_{t in step i} H_t / (mean over all steps of the batch + eps), clipped to [0, u_clip].
 
     The batch mean is over the non-empty steps of every response (each step counts once, whatever its length). Empty
     steps (the single step of an empty response) and slots beyond K get u = 0.
@@ -139,7 +139,7 @@ def step_uncertainty(
 def step_weights(
     signed_importance: torch.Tensor, uncertainty: torch.Tensor, valid_steps: torch.Tensor, cfg: AdvantageConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spec §4: the entropy-regulation weight w_i of each step and its regime.
+    """§4: the entropy-regulation weight w_i of each step and its regime.
 
     Regime 1, helpful and important (s > 0, |s| >= theta): w = 1 + beta * u, uncertain crucial steps get more credit.
     Regime 2, helpful but unimportant (s > 0, |s| < theta), and regime 3, harmful (s <= 0): w = max(0, 1 - gamma * u).
@@ -172,7 +172,7 @@ def step_weights(
 def step_attribution_advantage(
     a_base: torch.Tensor, signed_importance: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
-    """Spec §4: A_attr,i = |A_base| * s_i * w_i. The sign follows the step, not the outcome.
+    """§4: A_attr,i = |A_base| * s_i * w_i. The sign follows the step, not the outcome.
 
     Args:
         a_base: ``[B]``.
@@ -188,7 +188,7 @@ def step_attribution_advantage(
 def attributed_step_advantage(
     a_base: torch.Tensor, signed_importance: torch.Tensor, weights: torch.Tensor, alpha: float
 ) -> torch.Tensor:
-    """Spec §4: A_final,i = A_base + alpha * |A_base| * s_i * w_i.
+    """§4: A_final,i = A_base + alpha * |A_base| * s_i * w_i.
 
     With ``alpha = 0`` this is ``A_base + 0.0``, i.e. exactly ``A_base``.
 
@@ -207,7 +207,7 @@ def attributed_step_advantage(
 def token_confidence_weights(
     entropy: torch.Tensor, step_index: torch.Tensor, stage: int, tau: float, kmax: int | None = None
 ) -> torch.Tensor:
-    """Spec §5: omega_t = 1 in Stage 1; omega_t = |S_i| * softmax_{t in S_i}(-H_t / tau) in Stage 2.
+    """§5: omega_t = 1 in Stage 1; omega_t = |S_i| * softmax_{t in S_i}(-H_t / tau) in Stage 2.
 
     The Stage-2 softmax is a segment softmax over each step's tokens (scatter max, exp, scatter sum), shifted by the
     step's largest logit for numerical stability. The mean of omega over each non-empty step is 1, so a step's total
@@ -250,7 +250,7 @@ def token_confidence_weights(
 
 @dataclass
 class ACPOAdvantage:
-    """Everything spec §4-5 computes for a batch; per-step tensors are ``[B, Kmax]``, per-token ``[B, T]``.
+    """Everything §4-5 computes for a batch; per-step tensors are ``[B, Kmax]``, per-token ``[B, T]``.
 
     Attributes:
         token_advantages: A_t = omega_t * A_final,step(t), 0 on padding: what replaces verl's ``advantages``.
@@ -262,7 +262,7 @@ class ACPOAdvantage:
         attributed_advantages: A_attr,i = |A_base| * s_i * w_i.
         step_advantages: A_final,i = A_base + alpha * A_attr,i.
         token_weights: omega_t.
-        metrics: the spec §9 step statistics (see :func:`compute_acpo_advantage`).
+        metrics: the §9 step statistics (see :func:`compute_acpo_advantage`).
     """
 
     token_advantages: torch.Tensor
@@ -328,7 +328,7 @@ def compute_acpo_advantage(
     cfg: ACPOConfig,
     correct: torch.Tensor | None = None,
 ) -> ACPOAdvantage:
-    """Spec §4-5: per-token advantages A_t = omega_t * (A_base + alpha * |A_base| * s_step(t) * w_step(t)).
+    """§4-5: per-token advantages A_t = omega_t * (A_base + alpha * |A_base| * s_step(t) * w_step(t)).
 
     Args:
         a_base: ``[B]`` outcome advantage (verl's GRPO numbers, §1). A zero-variance group has A_base = 0 and so
@@ -344,7 +344,7 @@ def compute_acpo_advantage(
     Returns:
         :class:`ACPOAdvantage`. ``token_advantages`` is float32 ``[B, T]``, 0 on padding. With ``alpha = 0`` in Stage 1
         it is ``a_base`` broadcast over valid tokens times the mask, exactly verl's GRPO advantage bit for bit.
-        ``metrics`` (spec §9) are statistics over the non-empty steps of the batch: ``acpo/steps_per_response``,
+        ``metrics`` (§9) are statistics over the non-empty steps of the batch: ``acpo/steps_per_response``,
         ``acpo/step_tokens_mean``, ``acpo/helpful_frac`` (s > 0), ``acpo/regime{1,2,3}_frac``, ``acpo/w_mean``,
         ``acpo/u_mean``, ``acpo/s_clip_frac`` and ``acpo/u_clip_frac`` (steps at the clip bound),
         ``acpo/adv_attr_abs_mean`` (mean |A_attr|), ``acpo/zero_adv_frac`` (responses with A_base = 0),
@@ -401,7 +401,7 @@ def _step_metrics(
     cfg: AdvantageConfig,
     correct: torch.Tensor | None,
 ) -> dict[str, float]:
-    """Spec §9 statistics; step averages are over non-empty steps (an empty response's empty step carries nothing)."""
+    """§9 statistics; step averages are over non-empty steps (an empty response's empty step carries nothing)."""
     batch, kmax = s.shape
     if batch == 0:
         return {}

@@ -1,6 +1,6 @@
-"""Spec §3: step attribution, the policy as its own judge of how much each step moves it toward the answer.
+"""§3: step attribution, the policy as its own judge of how much each step moves it toward the answer.
 
-For a response o split into K steps by boundaries c_0 = 0 < c_1 < ... < c_K = T (spec §2),
+For a response o split into K steps by boundaries c_0 = 0 < c_1 < ... < c_K = T (§2),
 
     L_i = sum over y in Y of log pi_old(y | q, o_{<c_i}, Y_{<y}),  i = 0..K,
     C_i = L_{i+1} - L_i,                                        i = 0..K-1,
@@ -28,7 +28,7 @@ from acpo_core.checks import fail_rows, is_integer, mask_lengths
 
 
 def render_answer_ids(tokenizer: Any, ground_truth: str, template: str) -> list[int]:
-    """Spec §3: token ids of Y, the ground truth rendered by ``answer_template``, without special tokens.
+    """§3: token ids of Y, the ground truth rendered by ``answer_template``, without special tokens.
 
     Args:
         tokenizer: a Hugging Face tokenizer.
@@ -55,10 +55,10 @@ def render_answer_ids(tokenizer: Any, ground_truth: str, template: str) -> list[
 
 @dataclass(frozen=True)
 class AttributionBatch:
-    """Spec §3 inputs for B responses: what every scorer takes.
+    """§3 inputs for B responses: what every scorer takes.
 
     Prompts left-padded, responses and answers right-padded; ``boundaries`` [B, Kmax+1] with -1 after c_K (the
-    spec §2 output).
+    §2 output).
     """
 
     prompt_ids: torch.Tensor  # [B, P] long
@@ -87,7 +87,7 @@ class AttributionBatch:
 def answer_batch(
     tokenizer: Any, ground_truths: Sequence[str], uids: Sequence[str], template: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spec §3: Y of every row, right-padded ([B, A] ids and 0/1 mask), tokenised once per prompt (uid).
+    """§3: Y of every row, right-padded ([B, A] ids and 0/1 mask), tokenised once per prompt (uid).
 
     Raises:
         ValueError: a ground truth that renders to nothing (see :func:`render_answer_ids`), naming the prompt uid.
@@ -112,7 +112,7 @@ def answer_batch(
 
 @dataclass(frozen=True)
 class AttributionLengths:
-    """Valid lengths of a checked batch of B rows (spec §3 notation)."""
+    """Valid lengths of a checked batch of B rows (§3 notation)."""
 
     prompt: torch.Tensor  # [B] long: |q|
     response: torch.Tensor  # [B] long: T
@@ -146,12 +146,12 @@ class AttributionTokenCounts:
 
 
 def check_attribution_batch(batch: AttributionBatch) -> AttributionLengths:
-    """Validate a batch for spec §3 scoring and return its valid lengths.
+    """Validate a batch for §3 scoring and return its valid lengths.
 
     Fields of ``batch`` (:class:`AttributionBatch`):
         prompt_ids, prompt_mask: [B, P], left-padded (ones form a suffix of each mask row); |q| >= 1.
         response_ids, response_mask: [B, T], right-padded (ones form a prefix).
-        boundaries: [B, Kmax+1] integer, c_0 = 0 < c_1 < ... < c_K = T_b, then -1 (spec §2 output). An empty response
+        boundaries: [B, Kmax+1] integer, c_0 = 0 < c_1 < ... < c_K = T_b, then -1 (§2 output). An empty response
             is the single empty step [0, 0].
         num_steps: [B] integer K_b, 1 <= K_b <= Kmax.
         answer_ids, answer_mask: [B, A], right-padded, |Y| >= 1.
@@ -252,7 +252,7 @@ def position_overflow(lengths: AttributionLengths, max_positions: int | None) ->
     Copy Y^(i) takes positions |q| + c_i .. |q| + c_i + |Y| - 1, the last copy (c_K = T) up to |q| + T + |Y| - 1,
     which must stay below ``max_positions`` (Qwen2.5-Math-7B: 4096, which a 1024-token prompt and a 3072-token
     response reach). Such responses are left out of attribution: their L is 0, so C_i = 0 and every step keeps the
-    outcome advantage A_base (spec §4 with s_i = 0); ``acpo/attr_position_skipped_frac`` counts them.
+    outcome advantage A_base (§4 with s_i = 0); ``acpo/attr_position_skipped_frac`` counts them.
     """
     if max_positions is None:
         return torch.zeros_like(lengths.prompt, dtype=torch.bool)
@@ -260,7 +260,7 @@ def position_overflow(lengths: AttributionLengths, max_positions: int | None) ->
 
 
 def packed_token_count(batch: AttributionBatch) -> AttributionTokenCounts:
-    """Spec §3 cost: tokens scored by one plain forward over prompt + response, by the packed path and by the naive one.
+    """§3 cost: tokens scored by one plain forward over prompt + response, by the packed path and by the naive one.
 
     Uses the masks, ``boundaries`` and ``num_steps`` of ``batch``.
     Returns:
@@ -283,7 +283,7 @@ def packed_token_count(batch: AttributionBatch) -> AttributionTokenCounts:
 
 
 def naive_sequences(batch: AttributionBatch, lengths: AttributionLengths) -> list[tuple[int, int, torch.Tensor, int]]:
-    """Spec §3 reference construction: the K_b + 1 sequences ``[q, o_{<c_i}, Y]`` of every checked response.
+    """§3 reference construction: the K_b + 1 sequences ``[q, o_{<c_i}, Y]`` of every checked response.
 
     Returns:
         ``(row b, step index i, sequence [|q| + c_i + |Y|] long, context length |q| + c_i)`` for every b and
@@ -301,7 +301,7 @@ def naive_sequences(batch: AttributionBatch, lengths: AttributionLengths) -> lis
 
 
 def step_contributions(scores: torch.Tensor, num_steps: torch.Tensor) -> torch.Tensor:
-    """Spec §3: C_i = L_{i+1} - L_i for the steps i = 0..K_b - 1 of every response; sum_i C_i = L_K - L_0.
+    """§3: C_i = L_{i+1} - L_i for the steps i = 0..K_b - 1 of every response; sum_i C_i = L_K - L_0.
 
     Args:
         scores: L [B, Kmax+1] float (from :mod:`acpo_core.scoring`).

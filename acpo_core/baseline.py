@@ -1,4 +1,4 @@
-"""Spec §1: the outcome baseline A_base (verl's GRPO), and the grouping of responses by prompt it rests on.
+"""§1: the outcome baseline A_base (verl's GRPO), and the grouping of responses by prompt it rests on.
 
 :func:`group_labels` is the one place where group labels (verl's ``uid``, a prompt id) become contiguous group
 numbers; the advantage and the curriculum's pass-rate tracker both use it.
@@ -61,13 +61,13 @@ def grpo_outcome_advantage(
     epsilon: float = 1e-6,
     norm_adv_by_std_in_grpo: bool = True,
 ) -> torch.Tensor:
-    """Spec §1: A_base,j = (r_j - mean_g r) / (std_g r + eps), the numbers of verl's ``compute_grpo_outcome_advantage``.
+    """§1: A_base,j = (r_j - mean_g r) / (std_g r + eps), the numbers of verl's ``compute_grpo_outcome_advantage``.
 
     Vectorised over the batch (scatter sums per group) but following verl's arithmetic on CPU, where its driver
     computes advantages: the group mean is ``torch.mean`` (a float sum divided by the count) and the unbiased
     ``torch.std`` is a two-pass sum of squared deviations in float64 from that mean, rounded to the score dtype at
     the end; a singleton group has mean 0 and std 1. The result is identical bit for bit whenever every group's
-    score sum is exact in the score dtype -- always the case for verifiable 0/1 rewards (spec §7) and any rewards on
+    score sum is exact in the score dtype -- always the case for verifiable 0/1 rewards (§7) and any rewards on
     a binary grid (multiples of 1/2^m). For arbitrary float rewards torch's own summation order differs from a
     scatter sum and the mean can differ in its last bit.
 

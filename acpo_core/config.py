@@ -1,6 +1,6 @@
 """Typed configuration for ACPO, mirroring the top-level ``acpo:`` block of the recipe's YAML.
 
-Every number of ``ACPO_SPEC.md`` is a default here, never a constant in code. ``ACPOConfig.from_dict`` accepts a
+Every number of ``docs/algorithm.md`` is a default here, never a constant in code. ``ACPOConfig.from_dict`` accepts a
 plain ``dict`` or an OmegaConf node and rejects unknown keys and out-of-range values with an error that names the
 offending key (``acpo.advantage.alpha``), so a typo in a Hydra override fails before Ray starts.
 """
@@ -74,7 +74,7 @@ def _check_int(obj: Any, prefix: str, name: str, low: int) -> None:
 
 @dataclass(frozen=True)
 class SegmentationConfig:
-    """Spec §2: where reasoning steps begin."""
+    """§2: where reasoning steps begin."""
 
     entropy_top_ratio: float = 0.05
     quantile_scope: Literal["response", "batch"] = "response"
@@ -110,7 +110,7 @@ class SegmentationConfig:
 
 @dataclass(frozen=True)
 class AttributionConfig:
-    """Spec §3: how step contributions are scored by the old policy."""
+    """§3: how step contributions are scored by the old policy."""
 
     mode: Literal["packed", "naive"] = "packed"
     answer_template: str = "Answer: {answer}"
@@ -158,7 +158,7 @@ class AttributionConfig:
 
 @dataclass(frozen=True)
 class AdvantageConfig:
-    """Spec §4: the attributed advantage A_final = A_base + alpha * A_attr."""
+    """§4: the attributed advantage A_final = A_base + alpha * A_attr."""
 
     alpha: float = 0.5
     beta: float = 0.5
@@ -178,7 +178,7 @@ class AdvantageConfig:
 
 @dataclass(frozen=True)
 class ConfidenceConfig:
-    """Spec §5: Stage-2 token weights omega_t = |S| * softmax(-H_t / tau) within a step."""
+    """§5: Stage-2 token weights omega_t = |S| * softmax(-H_t / tau) within a step."""
 
     tau: float = 1.0
 
@@ -189,7 +189,7 @@ class ConfidenceConfig:
 
 @dataclass(frozen=True)
 class CurriculumConfig:
-    """Spec §6: pass-rate tracking and hotter sampling for hard prompts in Stage 1."""
+    """§6: pass-rate tracking and hotter sampling for hard prompts in Stage 1."""
 
     enable: bool = True
     ema: float = 0.5

@@ -1,4 +1,4 @@
-"""Spec §6: difficulty-aware curriculum state -- per-prompt pass rates, difficulty tiers and which samples run hot.
+"""§6: difficulty-aware curriculum state -- per-prompt pass rates, difficulty tiers and which samples run hot.
 
 A :class:`PassRateTracker` holds one pass-rate estimate p(q) per prompt id. It is seeded from the data's
 ``extra_info.pass_rate`` when data preparation provides it, and updated after every reward with each group's accuracy
@@ -8,7 +8,7 @@ hard prompt's group are sampled at ``hard_temperature`` (the recipe's agent loop
 only decides which responses: :meth:`PassRateTracker.hot_samples` per prompt before verl repeats it,
 :meth:`PassRateTracker.hot_sample_mask` per response after).
 
-Choices of this project (spec §6 leaves them open):
+Choices of this project (§6 leaves them open):
 
 - The first observation of a prompt that was neither seeded nor seen sets p(q) to that group's accuracy: an EMA
   started from an arbitrary prior (0.5, say) would take several epochs to forget it, and every prompt is seen only once
@@ -59,7 +59,7 @@ def _check_fraction(name: str, value: float, prompt_id: str | None = None) -> fl
 
 
 def hot_response_count(group_size: int | np.ndarray, hard_fraction: float) -> int | np.ndarray:
-    """Spec §6: how many of a hard prompt's G responses are sampled hot, ceil(hard_fraction * G).
+    """§6: how many of a hard prompt's G responses are sampled hot, ceil(hard_fraction * G).
 
     Args:
         group_size: G, an int or an int array (one per response or per group).
@@ -99,7 +99,7 @@ def group_positions(group_ids: Sequence[Hashable] | np.ndarray) -> tuple[np.ndar
 
 
 class PassRateTracker:
-    """Spec §6: per-prompt pass-rate estimates, difficulty tiers and the hot-sampling decision.
+    """§6: per-prompt pass-rate estimates, difficulty tiers and the hot-sampling decision.
 
     Args:
         ema: weight of the old estimate, p <- ema * p + (1 - ema) * group accuracy.
@@ -206,7 +206,7 @@ class PassRateTracker:
         return self._observations.get(str(prompt_id), 0)
 
     def is_hard(self, prompt_id: Hashable) -> bool:
-        """Spec §6: p(q) <= hard_pass_rate. Unknown prompts are not hard (normal tier)."""
+        """§6: p(q) <= hard_pass_rate. Unknown prompts are not hard (normal tier)."""
         rate = self.pass_rate(prompt_id)
         return rate is not None and rate <= self.hard_pass_rate
 
@@ -222,7 +222,7 @@ class PassRateTracker:
     def hot_samples(
         self, prompt_ids: Sequence[Hashable] | np.ndarray, group_size: int, hard_fraction: float | None = None
     ) -> torch.Tensor:
-        """Spec §6 (Stage 1): how many of each prompt's ``group_size`` (``rollout.n``) requests run hot.
+        """§6 (Stage 1): how many of each prompt's ``group_size`` (``rollout.n``) requests run hot.
 
         ``hot_response_count(group_size, hard_fraction)`` for a hard prompt, 0 otherwise; for the prompts of a batch
         before verl repeats them. The requests whose position in the group (verl's per-group request index) is below
@@ -245,7 +245,7 @@ class PassRateTracker:
         group_ids: Sequence[Hashable] | np.ndarray | None = None,
         hard_fraction: float | None = None,
     ) -> torch.Tensor:
-        """Spec §6 (Stage 1): which responses are sampled at ``hard_temperature``.
+        """§6 (Stage 1): which responses are sampled at ``hard_temperature``.
 
         A response is hot when its prompt is hard and it is among the first
         ``hot_response_count(G, hard_fraction)`` responses of its group in batch order. Call it on the whole batch

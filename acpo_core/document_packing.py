@@ -1,4 +1,4 @@
-"""Spec §3 packed layout for flex attention: every response of a micro-batch in ONE sequence, no S x S mask.
+"""§3 packed layout for flex attention: every response of a micro-batch in ONE sequence, no S x S mask.
 
 The rows ``[q_n, o_n, Y_n^(0), ..., Y_n^(K_n)]`` of :mod:`acpo_core.packing` are laid end to end as documents of one
 sequence of length S, padded by :func:`padded_width` (whole attention blocks, at most 8 lengths per doubling) so that

@@ -1,4 +1,4 @@
-"""Spec §3 scoring cost: micro-batches of responses sized by a token budget (and a row cap).
+"""§3 scoring cost: micro-batches of responses sized by a token budget (and a row cap).
 
 A packed row of response n holds ``|q| + T + (K+1)|Y|`` tokens (:func:`acpo_core.document_packing.packed_lengths`).
 What a micro-batch of n rows whose longest row has S tokens costs, in tokens:

@@ -1,4 +1,4 @@
-"""Spec §3 packed layout: the K+1 answer copies of a response appended to one sequence ``[q, o, Y^(0..K)]``.
+"""§3 packed layout: the K+1 answer copies of a response appended to one sequence ``[q, o, Y^(0..K)]``.
 
 Copy Y^(i) sees q and o_{<c_i} and itself causally, nothing else, and its position ids continue from |q| + c_i, so
 each copy is scored exactly as if it followed the truncated response (the naive reference,
@@ -18,7 +18,7 @@ __all__ = ["PackedAttributionInputs", "build_packed_inputs", "pack_rows"]
 
 @dataclass(frozen=True)
 class PackedAttributionInputs:
-    """The packed sequences of spec §3 for N responses, and where to read the answer log-probs from.
+    """The packed sequences of §3 for N responses, and where to read the answer log-probs from.
 
     A row is ``[left padding, q, o_1..o_T, Y^(0), ..., Y^(K), right padding]``; every row's context ``[q, o]`` ends at
     the same column so that all copies of all rows lie in one contiguous tail.
@@ -114,7 +114,7 @@ def pack_rows(batch: AttributionBatch, lengths: AttributionLengths, pad_token_id
 
 
 def build_packed_inputs(batch: AttributionBatch, pad_token_id: int = 0) -> PackedAttributionInputs:
-    """Spec §3 packed layout: one sequence ``[q, o_1..o_T, Y^(0), ..., Y^(K)]`` per response.
+    """§3 packed layout: one sequence ``[q, o_1..o_T, Y^(0), ..., Y^(K)]`` per response.
 
     Copy Y^(i) attends to q, o_{<c_i} and causally to itself only; its position ids are |q| + c_i + j. Rows are
     trimmed to the batch's own longest prompt, response, answer and step count.

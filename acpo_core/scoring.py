@@ -1,4 +1,4 @@
-"""Spec §3 scoring: the answer log-likelihoods L_0..L_K of every response under a Hugging Face causal LM.
+"""§3 scoring: the answer log-likelihoods L_0..L_K of every response under a Hugging Face causal LM.
 
 Two ways, equal to 1e-4 in fp32:
 
@@ -228,7 +228,7 @@ def score_answer_loglik(
     token_budget: int | None = None,
     min_micro_batches: int = 1,
 ) -> torch.Tensor:
-    """Spec §3, packed (production) path: L_i = sum_y log pi(y | q, o_{<c_i}, Y_{<y}) for every response and i = 0..K.
+    """§3, packed (production) path: L_i = sum_y log pi(y | q, o_{<c_i}, Y_{<y}) for every response and i = 0..K.
 
     Args:
         model: a Hugging Face causal LM on the inputs' device.
@@ -263,7 +263,7 @@ def score_answer_loglik(
 def score_answer_loglik_naive(
     model: Any, batch: AttributionBatch, micro_batch_size: int, temperature: float = 1.0
 ) -> torch.Tensor:
-    """Spec §3, the reference: K_b + 1 separate plain forward passes ``[q, o_{<c_i}, Y]`` per response.
+    """§3, the reference: K_b + 1 separate plain forward passes ``[q, o_{<c_i}, Y]`` per response.
 
     The sequences (:func:`acpo_core.attribution.naive_sequences`) are right-padded in micro-batches of
     ``micro_batch_size`` and run with the model's own causal mask (a 2D padding mask) and default position ids. Same

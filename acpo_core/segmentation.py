@@ -1,4 +1,4 @@
-"""Spec §2: split every response into reasoning steps where the policy was uncertain and the text allows it.
+"""§2: split every response into reasoning steps where the policy was uncertain and the text allows it.
 
 A token is an entropy peak when its entropy H_t is at least the ``1 - entropy_top_ratio`` quantile (over the response
 or over the batch). A peak within ``align_window`` tokens of the start of its sentence proposes a step boundary at that
@@ -59,7 +59,7 @@ __all__ = ["StepSegmentation", "VocabTables", "entropy_threshold", "normalise_ma
 
 @dataclass
 class StepSegmentation:
-    """The steps of a padded batch of B responses of width T (spec §2, "Output")."""
+    """The steps of a padded batch of B responses of width T (§2, "Output")."""
 
     step_index: torch.Tensor  # [B, T] long: the step of every valid token, -1 on padding
     boundaries: torch.Tensor  # [B, max_steps + 1] long: c_0 = 0 < c_1 < ... < c_K = T_b, then -1
@@ -97,7 +97,7 @@ def _check_inputs(
 def entropy_threshold(
     entropy: torch.Tensor, valid: torch.Tensor, entropy_top_ratio: float, quantile_scope: str
 ) -> torch.Tensor:
-    """Spec §2.1: the ``1 - entropy_top_ratio`` quantile of the valid entropies, per response or over the batch.
+    """§2.1: the ``1 - entropy_top_ratio`` quantile of the valid entropies, per response or over the batch.
 
     Args:
         entropy: [B, T] float, finite on valid tokens.
@@ -189,7 +189,7 @@ def _sortable_float_bits(values: torch.Tensor) -> torch.Tensor:
 def _select_boundaries(
     positions: Sequence[int], is_marker: Sequence[bool], min_step_tokens: int, max_boundaries: int
 ) -> tuple[list[int], list[bool]]:
-    """Spec §2.4 for one response: greedy over its candidates in descending score order (all of them already at
+    """§2.4 for one response: greedy over its candidates in descending score order (all of them already at
     least ``min_step_tokens`` from 0 and from T). Returns the kept boundaries in order and their marker flags."""
     kept: list[int] = []
     kept_marker: list[bool] = []
@@ -213,7 +213,7 @@ def segment_steps(
     tables: VocabTables,
     cfg: SegmentationConfig,
 ) -> StepSegmentation:
-    """Spec §2: the reasoning steps of every response of a right-padded batch.
+    """§2: the reasoning steps of every response of a right-padded batch.
 
     Args:
         response_ids: [B, T] integer token ids (any value on padding).

@@ -1,4 +1,4 @@
-"""Spec §0 steps 4-6 on one batch: segmentation (§2), attribution (§3), per-token advantages (§4-5), metrics (§9).
+"""§0 steps 4-6 on one batch: segmentation (§2), attribution (§3), per-token advantages (§4-5), metrics (§9).
 
 :func:`compute_acpo_step` is the whole ACPO advantage step in plain torch. It takes the batch as an
 :class:`ACPOBatch` (B rows, trainer padding rows included) and a scoring function that returns L_0..L_K for an
@@ -30,7 +30,7 @@ from acpo_core.segmentation import StepSegmentation, VocabTables, segment_steps
 __all__ = ["SPEC_METRICS", "ACPOBatch", "ACPOStepResult", "ScoreFn", "acpo_step_metrics", "compute_acpo_step"]
 
 ScoreFn = Callable[[AttributionBatch], torch.Tensor]
-# The spec §9 metrics every step logs (subsets such as attr_gain_correct are logged only when not empty).
+# The §9 metrics every step logs (subsets such as attr_gain_correct are logged only when not empty).
 SPEC_METRICS = (
     "acpo/steps_per_response",
     "acpo/step_tokens_mean",
@@ -59,11 +59,11 @@ class ACPOBatch:
     response_ids: torch.Tensor  # [B, T] long
     response_mask: torch.Tensor  # [B, T] long 0/1
     entropy: torch.Tensor  # [B, T] float32, the old policy's entropy at the rollout temperature
-    base_advantages: torch.Tensor  # [B] float32, A_base (the GRPO advantage of the row, spec §1)
+    base_advantages: torch.Tensor  # [B] float32, A_base (the GRPO advantage of the row, §1)
     scores: torch.Tensor  # [B] float32, the outcome score
     is_padding: torch.Tensor  # [B] bool
     uids: list[str]  # the prompt (group) of each row
-    answer_ids: torch.Tensor  # [B, A] long: Y (spec §3, acpo_core.attribution.answer_batch), right-padded
+    answer_ids: torch.Tensor  # [B, A] long: Y (§3, acpo_core.attribution.answer_batch), right-padded
     answer_mask: torch.Tensor  # [B, A] long 0/1
     ground_truths: list[str | None]  # the reference answer rendered into Y; None on padding rows
 
@@ -87,7 +87,7 @@ class ACPOStepResult:
 def acpo_step_metrics(
     segmentation: StepSegmentation, advantage_metrics: Mapping[str, float], scored_tokens_ratio: float
 ) -> dict[str, float]:
-    """Spec §9 metrics of the real rows (padding rows excluded). Subsets that are empty are not logged.
+    """§9 metrics of the real rows (padding rows excluded). Subsets that are empty are not logged.
 
     - from ``acpo_core.advantage``: ``acpo/steps_per_response``, ``step_tokens_mean``, ``helpful_frac``,
       ``regime{1,2,3}_frac``, ``w_mean``, ``adv_attr_abs_mean``, ``attr_gain`` (L_K - L_0) and its split
@@ -143,7 +143,7 @@ def compute_acpo_step(
     timing: dict[str, float] | None = None,
     limits: ModelLimits | None = None,
 ) -> ACPOStepResult:
-    """Spec §2-5 on one batch: segmentation, attribution, per-token advantages and the §9 metrics.
+    """§2-5 on one batch: segmentation, attribution, per-token advantages and the §9 metrics.
 
     Args:
         batch: :class:`ACPOBatch` of B rows.

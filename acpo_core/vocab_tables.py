@@ -1,4 +1,4 @@
-"""Spec §2 vocabulary tables: the per-token text properties segmentation needs, computed once per tokenizer.
+"""§2 vocabulary tables: the per-token text properties segmentation needs, computed once per tokenizer.
 
 :class:`VocabTables` turns every vocabulary entry into a few bits (starts or ends with white space, ends a sentence,
 holds word text, ``$`` delimiters, ...) and a marker automaton over the token pieces, so that
@@ -188,7 +188,7 @@ def vocabulary_texts(tokenizer: Any) -> list[str | None]:
 
 @dataclass(frozen=True, eq=False)
 class VocabTables:
-    """Per-vocabulary-id properties of token text, built once per tokenizer (spec §2, "Decoding").
+    """Per-vocabulary-id properties of token text, built once per tokenizer (§2, "Decoding").
 
     Every tensor below has shape [V] (V = the vocabulary size, added tokens included) unless stated otherwise.
     "Piece" is the token's first white-space free run of characters after its leading white space: the part of the

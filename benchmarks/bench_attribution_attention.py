@@ -1,4 +1,4 @@
-"""Spec §3 packed attribution: the dense-sdpa path against the flex-attention path, analytic at 7B and measured on CPU.
+"""§3 packed attribution: the dense-sdpa path against the flex-attention path, analytic at 7B and measured on CPU.
 
 Part 1 (analytic, no model): the shapes of examples/run_acpo_qwen7b.sh on Qwen2.5-Math-7B (28 layers, 28 query and
 4 key/value heads of 128, hidden 3584): prompt 1024, response 3072, K + 1 = 25 answer copies of |Y| = 8 tokens, so

@@ -1,4 +1,4 @@
-"""How far hot samples (spec §6) are from the policy verl trains, and what verl's rollout correction does to them.
+"""How far hot samples (§6) are from the policy verl trains, and what verl's rollout correction does to them.
 
 Stage 1 samples part of a hard prompt's group at ``hard_temperature`` (1.2) while verl recomputes the old log-probs
 at the rollout temperature (1.0). The PPO loss then treats samples of pi_1.2 as if they came from pi_1.0. This script

@@ -1,4 +1,4 @@
-"""Throughput of spec §2 segmentation (``acpo_core.segmentation.segment_steps``) on a realistic batch.
+"""Throughput of §2 segmentation (``acpo_core.segmentation.segment_steps``) on a realistic batch.
 
 B = 64 responses of width T = 4096 (valid lengths between 3/4 T and T), token ids of a long generated math solution
 tokenized with the real Qwen2.5 tokenizer, entropy mostly low with sparse peaks (as a policy's is). Prints tokens per

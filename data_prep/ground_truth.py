@@ -2,7 +2,7 @@
 (``data_prep.schema``, ``python -m data_prep.check``) and the reward (``recipe.acpo.reward``), so that a file the
 check accepts is a file the reward can score, and the other way round.
 
-The rule (spec §7): math-verify reads the text as ``\\boxed{text}`` with its LaTeX and expression extractors; when
+The rule (§7): math-verify reads the text as ``\\boxed{text}`` with its LaTeX and expression extractors; when
 that yields no math expression, it reads the bare text with both. A text is usable as a ground truth when at least one
 candidate is a math expression (a sympy object, not math-verify's fallback string).
 

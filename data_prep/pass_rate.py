@@ -1,6 +1,6 @@
 """The data side of the pass-rate pre-pass: row numbers in, pass rates out of ``extra_info``.
 
-Spec §6: Stage 1's curriculum seeds its pass-rate estimate p(q) from ``extra_info.pass_rate`` when the data has it.
+§6: Stage 1's curriculum seeds its pass-rate estimate p(q) from ``extra_info.pass_rate`` when the data has it.
 The pre-pass that estimates it with the initial policy, ``python -m recipe.acpo.pass_rate``, runs verl's validation
 pass; this module is what it does to the data, with no dependency on the recipe:
 

@@ -248,7 +248,7 @@ columns = [
     ("kl_loss", "actor/kl_loss"),
     ("step_s", "timing_s/step"),
 ]
-print("\nTraining steps (acpo/* metrics, spec section 9; gain = L_K - L_0, the answer log-likelihood the steps add):")
+print("\nTraining steps (acpo/* metrics, docs/algorithm.md §9; gain = L_K - L_0, the answer log-likelihood the steps add):")
 print("  stage step " + " ".join(f"{name:>11}" for name, _ in columns))
 for stage in ("stage1", "stage2"):
     for row in steps(stage):
@@ -265,7 +265,7 @@ signal = 1 - mean(all_rows, "acpo/zero_adv_frac")
 print(
     f"\nResponses with a non-zero outcome advantage: {100 * signal:.1f}%. A group whose responses all score the same (all wrong,"
     " as for a model that solves almost none of its problems) has a zero outcome advantage and so a zero ACPO advantage"
-    " (spec section 4): only groups with both right and wrong answers move the policy."
+    " (docs/algorithm.md §4): only groups with both right and wrong answers move the policy."
 )
 print(
     f"\nOver all {len(all_rows)} steps: {mean(all_rows, 'acpo/steps_per_response'):.2f} steps per response, "

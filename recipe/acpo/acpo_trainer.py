@@ -1,21 +1,21 @@
 """ACPOTrainer: verl 0.9.1's synchronous V1 trainer (``PPOTrainerSync``) with ACPO's attributed advantages.
 
-The algorithm (spec §2-5: segmentation, attribution, advantages, metrics) is ``acpo_core.step.compute_acpo_step``.
+The algorithm (§2-5: segmentation, attribution, advantages, metrics) is ``acpo_core.step.compute_acpo_step``.
 This module only reads verl's TransferQueue into an ``acpo_core.step.ACPOBatch``, dispatches attribution scoring to
 the actor workers, and writes the advantages back. The verl hooks the recipe overrides, in the order verl calls them
 (each calls ``super()`` and adds):
 
 1. ``__init__`` (ACPOTrainer): validates the whole config before verl builds anything
-   (:func:`validate_acpo_trainer_config`); (CurriculumMixin) builds the spec §6 pass-rate tracker.
-2. ``_init_tokenizer``: builds the segmentation vocabulary tables (spec §2) of the tokenizer.
+   (:func:`validate_acpo_trainer_config`); (CurriculumMixin) builds the §6 pass-rate tracker.
+2. ``_init_tokenizer``: builds the segmentation vocabulary tables (§2) of the tokenizer.
 3. ``_init_resource_pool_mgr``: the actor role is played by ``ACPOActorRolloutRefWorker`` (attribution scoring).
 4. ``_load_checkpoint`` (CurriculumMixin): restores the pass-rate tracker saved beside verl's checkpoint.
-5. ``_submit_batch_to_rollout`` (CurriculumMixin, Stage 1): tags hard prompts for hot sampling (spec §6).
+5. ``_submit_batch_to_rollout`` (CurriculumMixin, Stage 1): tags hard prompts for hot sampling (§6).
 6. ``_compute_old_log_prob`` (CurriculumMixin): folds each group's accuracy into the tracker, logs tier metrics.
 7. ``_compute_advantage``: after verl's own pipeline (KL in reward, rollout correction, the registered ``acpo``
-   estimator, which is verl's GRPO: A_base of spec §1), reads the batch back, runs ``compute_acpo_step`` with the
+   estimator, which is verl's GRPO: A_base of §1), reads the batch back, runs ``compute_acpo_step`` with the
    workers' scoring (packed; verl's ``compute_log_prob`` on K+1 sequences with ``acpo.attribution.mode=naive``),
-   writes ``advantages`` and ``returns`` (nested, as verl does) and logs the spec §9 metrics and the timings
+   writes ``advantages`` and ``returns`` (nested, as verl does) and logs the §9 metrics and the timings
    ``timing_s/acpo_segment`` and ``timing_s/acpo_attribution``.
 8. ``_save_checkpoint`` (CurriculumMixin): writes the pass-rate tracker beside verl's checkpoint.
 
@@ -27,7 +27,7 @@ With ``acpo.dump.enable`` the driver also writes, every ``acpo.dump.every_n_step
 with their step credit (:mod:`recipe.acpo.step_dump`, read by ``python -m recipe.acpo.report``).
 
 Diagnostics: with the environment variable ``ACPO_ATTRIBUTION_CROSS_CHECK=1`` (seen by the trainer's Ray process)
-every step also scores the batch the other way (packed and naive, spec §3) and logs the largest differences
+every step also scores the batch the other way (packed and naive, §3) and logs the largest differences
 ``acpo/check/answer_loglik_max_abs_diff`` and ``acpo/check/advantage_max_abs_diff``; the configured mode's
 advantages are the ones written. It costs a naive attribution pass per step: for checking a setup, not for training.
 """
@@ -86,7 +86,7 @@ def validate_acpo_trainer_config(config: DictConfig) -> ACPOConfig:
 
     Raises ``ValueError`` naming the key for: another advantage estimator, a critic, verl's log-prob bypass mode
     (no old-policy entropy), fused kernels with packed attribution (no logits), a Stage-2 run whose
-    ``actor_rollout_ref.model.path`` is not a Hugging Face folder (spec §8: the merged Stage-1 checkpoint), and any
+    ``actor_rollout_ref.model.path`` is not a Hugging Face folder (§8: the merged Stage-1 checkpoint), and any
     ``acpo:`` error. Cheap and Ray-free: the entry point calls it before Ray starts.
     """
     block = config.get("acpo")
@@ -104,7 +104,7 @@ def validate_acpo_trainer_config(config: DictConfig) -> ACPOConfig:
     if rollout_correction is not None and rollout_correction.get("bypass_mode", False):
         raise ValueError(
             "algorithm.rollout_correction.bypass_mode=True skips verl's old-log-prob pass, and with it the entropy "
-            "ACPO segments by (spec §2): set it to False"
+            "ACPO segments by (§2): set it to False"
         )
     if acpo_cfg.attribution.mode == "packed" and config.actor_rollout_ref.model.get("use_fused_kernels", False):
         raise ValueError(
@@ -137,10 +137,10 @@ def attribution_token_budget(config: DictConfig, acpo_cfg: ACPOConfig) -> int | 
 
 
 class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
-    """verl's synchronous V1 trainer whose advantages are ACPO's (spec §0). Build it from the project's task runner.
+    """verl's synchronous V1 trainer whose advantages are ACPO's (§0). Build it from the project's task runner.
 
     With ``acpo.curriculum.enable`` in Stage 1, :class:`recipe.acpo.curriculum.CurriculumMixin` adds the
-    difficulty-aware sampling of spec §6 (pass-rate tiers, hot requests for hard prompts, tier metrics).
+    difficulty-aware sampling of §6 (pass-rate tiers, hot requests for hard prompts, tier metrics).
     """
 
     def __init__(self, config: DictConfig):
@@ -178,7 +178,7 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
         return max(worker_group._dispatch_info["actor"]) + 1
 
     def _score_answers(self, inputs: AttributionBatch, mode: str) -> torch.Tensor:
-        """L [R, max_steps + 1] of spec §3, on the actor workers (the old policy: the actor is not updated yet).
+        """L [R, max_steps + 1] of §3, on the actor workers (the old policy: the actor is not updated yet).
 
         ``mode`` ``packed``: the workers' packed scoring; ``naive``: verl's ``compute_log_prob`` on K+1 sequences.
         """

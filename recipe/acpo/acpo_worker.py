@@ -1,4 +1,4 @@
-"""The actor worker of ACPO: verl's ``ActorRolloutRefWorker`` plus spec §3 attribution scoring on its own model.
+"""The actor worker of ACPO: verl's ``ActorRolloutRefWorker`` plus §3 attribution scoring on its own model.
 
 ``ACPOActorRolloutRefWorker.compute_answer_loglik`` runs acpo_core's packed scoring (``acpo_core.scoring``:
 ``acpo.attribution.attention`` flex, one sequence of documents under a BlockMask, or sdpa, a dense 4D mask) on the
@@ -96,7 +96,7 @@ def pad_rows_to_multiple(td: TensorDict, multiple: int) -> tuple[TensorDict, int
 
 
 class ACPOActorRolloutRefWorker(ActorRolloutRefWorker):
-    """verl's hybrid actor/rollout/ref worker with spec §3 attribution scoring on the actor's own model."""
+    """verl's hybrid actor/rollout/ref worker with §3 attribution scoring on the actor's own model."""
 
     def _check_acpo_support(self) -> None:
         if self.actor is None:
@@ -123,7 +123,7 @@ class ACPOActorRolloutRefWorker(ActorRolloutRefWorker):
 
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def compute_answer_loglik(self, data: TensorDict) -> TensorDict:
-        """Spec §3: L [N, Kmax+1] (float32) of this rank's share of responses, as ``answer_loglik``.
+        """§3: L [N, Kmax+1] (float32) of this rank's share of responses, as ``answer_loglik``.
 
         ``data`` is :func:`attribution_request`: the padded tensors plus the scoring settings. Every rank first checks
         its share and plans its micro-batches, then the ranks agree (one all-reduce) on the largest micro-batch count
@@ -178,7 +178,7 @@ class ACPOActorRolloutRefWorker(ActorRolloutRefWorker):
 
 
 def build_naive_log_prob_batch(inputs: AttributionBatch, temperature: float) -> tuple[TensorDict, torch.Tensor]:
-    """Spec §3 reference path in verl's layout: one sequence ``[q, o_<c_i] + Y`` per response and i = 0..K.
+    """§3 reference path in verl's layout: one sequence ``[q, o_<c_i] + Y`` per response and i = 0..K.
 
     The sequences (:func:`acpo_core.attribution.naive_sequences`) use verl's no-padding (jagged) fields, as its agent
     loop writes them: ``prompts`` = q and the response prefix, ``responses`` = Y, ``input_ids``, ``attention_mask``,

@@ -2,9 +2,9 @@
 
 A verl advantage estimator only sees ``token_level_rewards``, ``response_mask``, ``index`` (the prompt uid) and the
 ``algorithm`` config section: it cannot see entropies or step attributions. So the registered function computes the
-outcome baseline A_base of spec §1 with verl's own ``compute_grpo_outcome_advantage`` (honouring
+outcome baseline A_base of §1 with verl's own ``compute_grpo_outcome_advantage`` (honouring
 ``algorithm.norm_adv_by_std_in_grpo``, which verl's registry path does not forward), and
-:class:`recipe.acpo.acpo_trainer.ACPOTrainer` overlays the attributed, per-token advantage of spec §4-5 on top of it.
+:class:`recipe.acpo.acpo_trainer.ACPOTrainer` overlays the attributed, per-token advantage of §4-5 on top of it.
 
 Selecting ``acpo`` with verl's plain trainer would silently train GRPO; ``recipe.acpo.main_acpo`` always builds
 ``ACPOTrainer`` for this estimator, and ``ACPOTrainer`` refuses any other estimator.
@@ -32,7 +32,7 @@ def compute_acpo_outcome_advantage(
     config: Any = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spec §1: A_base,j = (r_j - mean_g r) / (std_g r + eps) on every valid token, by verl's GRPO function.
+    """§1: A_base,j = (r_j - mean_g r) / (std_g r + eps) on every valid token, by verl's GRPO function.
 
     Args:
         token_level_rewards: ``[B, T]`` rewards (verl puts the outcome score on the last valid token).

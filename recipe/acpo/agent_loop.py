@@ -1,4 +1,4 @@
-"""Spec §6, Stage 1: a single-turn agent loop that samples part of a hard prompt's group at a higher temperature.
+"""§6, Stage 1: a single-turn agent loop that samples part of a hard prompt's group at a higher temperature.
 
 verl 0.9.1's V1 trainer hands every field of the submitted batch to the agent loop of each request
 (``AgentLoopWorkerTQ._run_prompt`` -> ``_run_agent_loop(..., session_id=i, **prompt)`` -> ``run(sampling_params,
@@ -47,7 +47,7 @@ TEMPERATURE_KEY = "acpo_temperature"
 def request_temperature(
     base_temperature: float, session_id: int | None, hot_samples: int, hot_temperature: float | None
 ) -> float:
-    """The temperature of one request: hot for the first ``hot_samples`` requests of the group (spec §6).
+    """The temperature of one request: hot for the first ``hot_samples`` requests of the group (§6).
 
     Args:
         base_temperature: the rollout temperature verl put in the request's sampling parameters.

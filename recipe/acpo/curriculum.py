@@ -1,4 +1,4 @@
-"""Spec §6 in verl's V1 trainer: the recipe side of the difficulty-aware curriculum.
+"""§6 in verl's V1 trainer: the recipe side of the difficulty-aware curriculum.
 
 :class:`CurriculumMixin` goes in front of the trainer class (``class ACPOTrainer(CurriculumMixin, PPOTrainerSync)``)
 and hooks four of verl's ``PPOTrainer`` methods; it is active in Stage 1 with ``acpo.curriculum.enable=true`` and a
@@ -103,7 +103,7 @@ def _data_pass_rate(extra_info: Any) -> float | None:
 
 
 def curriculum_active(acpo_config: ACPOConfig) -> bool:
-    """Spec §6/§8: tiers and hot sampling exist in Stage 1 with ``acpo.curriculum.enable`` only."""
+    """§6/§8: tiers and hot sampling exist in Stage 1 with ``acpo.curriculum.enable`` only."""
     return acpo_config.stage == 1 and acpo_config.curriculum.enable
 
 
@@ -190,7 +190,7 @@ def _acpo_config_of(trainer: Any, config: DictConfig) -> ACPOConfig:
 
 
 class CurriculumMixin:
-    """Spec §6 for a verl V1 ``PPOTrainer`` subclass: put it first in the bases. See the module docstring."""
+    """§6 for a verl V1 ``PPOTrainer`` subclass: put it first in the bases. See the module docstring."""
 
     config: DictConfig
     global_steps: int

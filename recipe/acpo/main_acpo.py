@@ -58,7 +58,7 @@ MAIN_KEYS: dict[str, str] = {
     "trainer.n_gpus_per_node / trainer.nnodes": "training workers",
     "actor_rollout_ref.rollout.n": "responses per prompt (the GRPO group)",
     "algorithm.adv_estimator": "acpo (the stage configs) or grpo (the plain baseline)",
-    "acpo.<key>": "the algorithm's settings (ACPO_SPEC.md; validated before Ray starts)",
+    "acpo.<key>": "the algorithm's settings (docs/algorithm.md; validated before Ray starts)",
     "ray_kwargs.ray_init._temp_dir": "Ray's temporary folder (a private one on a shared machine)",
 }
 VERL_CONFIG_SEARCH_PATH = "pkg://verl.trainer.config"

@@ -1,4 +1,4 @@
-"""Turn the last Stage-1 checkpoint into the Hugging Face folder Stage 2 starts from (spec §8).
+"""Turn the last Stage-1 checkpoint into the Hugging Face folder Stage 2 starts from (§8).
 
     python -m recipe.acpo.merge --checkpoint-dir CHECKPOINTS --target-dir MERGED [--step N] [--overwrite]
 
@@ -138,7 +138,7 @@ def merge_stage1_checkpoint(
 
 
 def check_stage2_model_path(model_config: Any) -> None:
-    """Spec §8: Stage 2 starts from the merged Stage-1 checkpoint, which is also its KL reference.
+    """§8: Stage 2 starts from the merged Stage-1 checkpoint, which is also its KL reference.
 
     ``model_config`` is the ``actor_rollout_ref.model`` section. Raises ``ValueError`` when ``path`` is unset or is
     not a local Hugging Face folder (``config.json`` and weights); warns when the folder was not written by

@@ -1,6 +1,6 @@
 """Estimate each training prompt's pass rate with the initial policy and write it to ``extra_info.pass_rate``.
 
-Spec §6: Stage 1's curriculum seeds its pass-rate estimate p(q) from ``extra_info.pass_rate`` when the data has it,
+§6: Stage 1's curriculum seeds its pass-rate estimate p(q) from ``extra_info.pass_rate`` when the data has it,
 so hard prompts are sampled hot from the first epoch instead of after their first group. This optional pre-pass
 computes it the way training will see it: k samples per prompt through verl's own validation path
 (``recipe.acpo.validation_run``: ``python -m recipe.acpo.main_acpo ... trainer.val_only=True`` with the training

@@ -2,7 +2,7 @@
 
 verl's validation dump does not say which data row a generation came from. The pre-pass numbers the rows in
 ``extra_info.acpo_pass_rate_row`` of a working copy of the data, and this manager, the recipe's math reward
-(:class:`recipe.acpo.reward_manager.ACPORewardManager`, spec §7) otherwise unchanged, copies that number into each
+(:class:`recipe.acpo.reward_manager.ACPORewardManager`, §7) otherwise unchanged, copies that number into each
 sample's ``reward_extra_info``, which verl writes next to the score in ``trainer.validation_data_dir``.
 """
 

@@ -1,4 +1,4 @@
-"""Verifiable math reward (spec §7): answer extraction and math-verify run in worker processes with a time limit.
+"""Verifiable math reward (§7): answer extraction and math-verify run in worker processes with a time limit.
 
 The answer is the last ``Answer:`` line of the response, else its last balanced ``\\boxed{...}``; it is verified
 against the ground truth with math-verify (gold first) and scores 1.0 or 0.0. Both are read as math by
@@ -106,7 +106,7 @@ def _last_balanced_boxed(text: str) -> str | None:
 
 
 def extract_answer(solution_str: str, tail_chars: int = TAIL_CHARS) -> str | None:
-    """The final answer of a response (spec §7), or ``None`` when it gives none.
+    """The final answer of a response (§7), or ``None`` when it gives none.
 
     The last non-empty ``Answer:`` line wins (case-insensitive, markdown bold and ``$`` delimiters stripped); without
     one, the content of the last balanced ``\\boxed{...}``. Only the last ``tail_chars`` characters are searched.

@@ -1,4 +1,4 @@
-"""The ``acpo`` reward manager for verl 0.9.1's reward loop (spec §7).
+"""The ``acpo`` reward manager for verl 0.9.1's reward loop (§7).
 
 Importing this module registers :class:`ACPORewardManager` as ``acpo`` in verl's reward-loop registry
 (``verl.experimental.reward_loop.reward_manager``), the one the V1 trainer resolves ``reward.reward_manager.name``

@@ -67,7 +67,7 @@ def read_acpo_batch(
 
     Prompts are left-padded, responses right-padded (verl's layout) with the tokenizer's pad id; A_base is verl's
     advantage of the row's first token; the outcome score is the sum of ``rm_scores``; the answers Y are rendered by
-    ``answer_template`` (spec §3) once per prompt. Padding rows (tag ``is_padding``) get an empty answer.
+    ``answer_template`` (§3) once per prompt. Padding rows (tag ``is_padding``) get an empty answer.
 
     Raises:
         ValueError: a response mask with holes (multi-turn), a missing or empty ground truth (naming the uid).

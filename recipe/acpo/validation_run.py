@@ -3,7 +3,7 @@
 k samples per prompt of the validation files (``rollout.val_kwargs.n``), scored by the run's reward manager and
 dumped by verl with their scores to ``trainer.validation_data_dir``. Shared by the evaluation
 (``recipe.acpo.evaluate``: Acc@k on benchmarks) and the pass-rate pre-pass (``recipe.acpo.pass_rate``: p(q) of each
-training prompt, spec §6).
+training prompt, §6).
 """
 
 from __future__ import annotations

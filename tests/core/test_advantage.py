@@ -1,4 +1,4 @@
-"""acpo_core.advantage: spec §1 (GRPO baseline), §4 (attributed advantage), §5 (token weights)."""
+"""acpo_core.advantage: §1 (GRPO baseline), §4 (attributed advantage), §5 (token weights)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""acpo_core.attribution (spec §3) and the offline models it is tested with (recipe.acpo.offline_models).
+"""acpo_core.attribution (§3) and the offline models it is tested with (recipe.acpo.offline_models).
 
 The exactness tests score a batch with the packed path and with K+1 separate forward passes per response, on a small
 random Qwen2 built offline with the real Qwen2.5 tokenizer, for both attention implementations that take a 4D mask.

@@ -1,4 +1,4 @@
-"""acpo_core.curriculum: spec §6 pass-rate tracking, tiers and hot sampling."""
+"""acpo_core.curriculum: §6 pass-rate tracking, tiers and hot sampling."""
 
 from __future__ import annotations
 

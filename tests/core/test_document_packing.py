@@ -1,4 +1,4 @@
-"""acpo_core.document_packing (spec §3 for flex attention): the documents' mask equals the dense packed mask.
+"""acpo_core.document_packing (§3 for flex attention): the documents' mask equals the dense packed mask.
 
 No compilation here: the ``mask_mod`` is evaluated on every token pair of a small batch (test only) and compared with
 acpo_core.packing's dense [N, 1, S, S] mask; the BlockMask's block lists are checked to cover every allowed pair.

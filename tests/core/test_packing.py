@@ -1,4 +1,4 @@
-"""acpo_core.packing (spec §3): the packed layout, worked out by hand."""
+"""acpo_core.packing (§3): the packed layout, worked out by hand."""
 
 from __future__ import annotations
 

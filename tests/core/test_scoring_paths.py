@@ -1,4 +1,4 @@
-"""acpo_core.scoring: the flex and sdpa packed paths both equal the naive reference (spec §3, 1e-4 in fp32).
+"""acpo_core.scoring: the flex and sdpa packed paths both equal the naive reference (§3, 1e-4 in fp32).
 
 One module-scoped model and batch keep flex attention's compilations few (about 5 s for the first shape on this
 CPU); the token-budget case adds padded lengths and is marked e2e.

@@ -1,4 +1,4 @@
-"""acpo_core.segmentation (spec §2): hand-worked examples on the real Qwen2.5 tokenizer, properties, bad input.
+"""acpo_core.segmentation (§2): hand-worked examples on the real Qwen2.5 tokenizer, properties, bad input.
 
 Conventions of the hand-worked examples: every token has entropy 0 except a few "peaks" with the entropies given.
 ``_ratio_for(n, k)`` picks ``entropy_top_ratio`` so that exactly the k peaks of an n-token response are in the
@@ -403,7 +403,7 @@ def test_entropy_threshold_matches_torch_quantile() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# A direct, string-based reading of spec §2, for comparison on random token sequences.
+# A direct, string-based reading of §2, for comparison on random token sequences.
 
 
 def _strip_edge_punctuation(word: str) -> str:

@@ -1,4 +1,4 @@
-"""acpo_core.step.compute_acpo_step on hand-built batches (no Ray): verl's GRPO at alpha = 0, spec §4-5 elsewhere.
+"""acpo_core.step.compute_acpo_step on hand-built batches (no Ray): verl's GRPO at alpha = 0, §4-5 elsewhere.
 
 The batches are laid out as verl's TransferQueue holds them (jagged per-sample fields, uid and reward_model as
 non-tensor data, a synthetic padding sample as ``_balance_batch`` appends it). The workers' scoring call is replaced
@@ -165,7 +165,7 @@ def _hand_scorer(inputs: AttributionBatch) -> torch.Tensor:
 
 
 def _spec_advantages(batch: Batch, view: ACPOBatch, boundaries: list[list[int]], cfg: ACPOConfig) -> list[list[float]]:
-    """Spec §4-5 written out step by step in floats, independently of acpo_core (the test's oracle)."""
+    """§4-5 written out step by step in floats, independently of acpo_core (the test's oracle)."""
     adv_cfg = cfg.advantage
     step_means: list[list[float]] = []
     for row, cuts in enumerate(boundaries):

@@ -1,4 +1,4 @@
-"""Stage 1 -> Stage 2 hand-over: merging the last Stage-1 checkpoint and checking Stage 2's start (spec §8)."""
+"""Stage 1 -> Stage 2 hand-over: merging the last Stage-1 checkpoint and checking Stage 2's start (§8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The recipe side of the Stage-1 curriculum (spec §6): the hot-sampling agent loop and the trainer mixin.
+"""The recipe side of the Stage-1 curriculum (§6): the hot-sampling agent loop and the trainer mixin.
 
 The agent loop runs against the CPU rollout's real generation server (in-process) on a tiny random Qwen2, so a
 temperature is checked where it matters: in the log-probs the sampler returns. The mixin runs on a real verl

@@ -1,4 +1,4 @@
-"""End to end on the CPU: the Stage-1 curriculum (spec §6) in ``python -m recipe.acpo.main_acpo --config-name
+"""End to end on the CPU: the Stage-1 curriculum (§6) in ``python -m recipe.acpo.main_acpo --config-name
 acpo_cpu_stage1`` with real Ray, verl's V1 trainer, the ACPO trainer, the CPU rollout and the recipe's math reward;
 and the pass-rate pre-pass ``python -m recipe.acpo.pass_rate`` through verl's validation path.
 

@@ -1,4 +1,4 @@
-"""recipe.acpo.reward and recipe.acpo.reward_manager (spec §7): answer extraction, math-verify in worker processes
+"""recipe.acpo.reward and recipe.acpo.reward_manager (§7): answer extraction, math-verify in worker processes
 with a per-item time limit, and the ``acpo`` reward manager in verl 0.9.1's reward loop."""
 
 from __future__ import annotations
