@@ -153,3 +153,19 @@ def test_worked_example_prints_what_the_doc_shows(doc_text: str) -> None:
     with contextlib.redirect_stdout(output):
         exec(compile(code.group(1), f"{DOC}:worked-example", "exec"), {"__name__": "worked_example"})
     assert output.getvalue().rstrip().splitlines() == shown.group(1).rstrip().splitlines()
+
+
+# The citation styles from before docs/algorithm.md existed, which pointed at a document outside the repository.
+OLD_STYLE = re.compile(r"ACPO_SPEC|\b[Ss]pec\s+§|\b[Ss]pec\s+section\s+\d")
+
+
+def test_no_citation_points_outside_the_repository() -> None:
+    # A tab, so that the citation rewrite (a sed on "spec" + space + "§") leaves this sample alone.
+    assert OLD_STYLE.search("as in spec\t§4") and not OLD_STYLE.search("as in §4 (docs/algorithm.md)")
+    stale = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in project_files()
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if OLD_STYLE.search(line)
+    ]
+    assert not stale, f"cite docs/algorithm.md as §N instead (see the commit that rewrote the citations): {stale[:10]}"
