@@ -227,6 +227,7 @@ _PLUGIN_PROBE = textwrap.dedent(
 )
 
 
+@pytest.mark.e2e  # starts verl, a fresh interpreter or a training run: slow on 2 cores
 def test_verl_loads_the_cpu_plugin_through_its_external_module_hook() -> None:
     env = {
         **os.environ,

@@ -30,6 +30,7 @@ def _probe(plugin: bool) -> str:
     return done.stdout.split()[-1]
 
 
+@pytest.mark.e2e  # starts verl, a fresh interpreter or a training run: slow on 2 cores
 @pytest.mark.parametrize(("plugin", "pinned"), [(True, "False"), (False, "True")])
 def test_the_plugin_unpins_verls_offload_policy_on_the_cpu_platform_only(plugin: bool, pinned: str) -> None:
     assert _probe(plugin) == pinned

@@ -40,6 +40,7 @@ def data_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> list[Path]:
     ]
 
 
+@pytest.mark.e2e  # starts verl, a fresh interpreter or a training run: slow on 2 cores
 def test_verl_rlhf_dataset_reads_the_tool_outputs_together_as_written(
     data_files: list[Path], tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

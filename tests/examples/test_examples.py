@@ -152,6 +152,7 @@ def test_evaluation_arguments_parse_with_the_tool_and_merge_flags_exist(runs: di
             assert flag in merge_help
 
 
+@pytest.mark.e2e  # starts verl, a fresh interpreter or a training run: slow on 2 cores
 @pytest.mark.parametrize("run", ["stage1", "stage2", "grpo"])
 def test_each_training_run_composes_with_the_scripts_overrides(runs: dict[str, Any], run: str) -> None:
     command = {"stage1": runs["acpo"][1], "stage2": runs["acpo"][3], "grpo": runs["grpo"][1]}[run]
@@ -188,6 +189,7 @@ def test_each_training_run_composes_with_the_scripts_overrides(runs: dict[str, A
         assert config["trainer"]["total_training_steps"] == STAGE1_STEPS + STAGE2_STEPS
 
 
+@pytest.mark.e2e  # starts verl, a fresh interpreter or a training run: slow on 2 cores
 def test_the_scripts_evaluation_composes_as_a_validation_only_run(runs: dict[str, Any], tiny_model_dir: Path) -> None:
     # The evaluation's own dry run (files in place) prints the verl command it would run; that command composes.
     data_dir = runs["data_dir"]

@@ -54,6 +54,7 @@ def test_dry_run_prints_model_data_stage1_merge_stage2_merge_evaluate_report(com
     assert evaluate[evaluate.index("--device") + 1] == "gpu" and evaluate[evaluate.index("--n-gpus") + 1] == "1"
 
 
+@pytest.mark.e2e  # starts verl, a fresh interpreter or a training run: slow on 2 cores
 @pytest.mark.parametrize("run", [3, 5])
 def test_each_training_run_composes_on_one_gpu_with_fsdp2_vllm_and_flex_attribution(
     commands: list[list[str]], run: int

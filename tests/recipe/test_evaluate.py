@@ -218,6 +218,7 @@ def parity(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
 """
 
 
+@pytest.mark.e2e  # starts verl, a fresh interpreter or a training run: slow on 2 cores
 def test_cpu_evaluation_table_matches_a_direct_count_of_the_dumped_scores(tmp_path: Path, tiny_model_dir: Path) -> None:
     # Real verl validation on CPU (Ray, FSDP2 worker, CPU rollout). A random tiny model never answers, so the run's
     # reward is swapped for a scorer that gives every sample a 0 or 1 from its text, to make the counts non-trivial;

@@ -390,6 +390,7 @@ def test_the_acpo_manager_is_in_the_registry_the_v1_reward_loop_uses() -> None:
     assert resolve_reward_manager_cls(OmegaConf.create(by_import)) is ACPORewardManager
 
 
+@pytest.mark.e2e  # starts verl, a fresh interpreter or a training run: slow on 2 cores
 def test_a_fresh_verl_process_finds_acpo_through_verl_use_external_modules() -> None:
     # What a Ray reward-loop worker is: a new interpreter that only imports verl.
     probe = (

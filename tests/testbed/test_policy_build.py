@@ -34,6 +34,7 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return folders
 
 
+@pytest.mark.e2e  # starts verl, a fresh interpreter or a training run: slow on 2 cores
 def test_two_builds_with_the_same_seed_have_identical_weights_and_tokenizers(builds: dict[str, Path]) -> None:
     a, b = _weights(builds["a"]), _weights(builds["b"])
     assert a.keys() == b.keys()
