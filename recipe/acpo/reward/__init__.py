@@ -1,0 +1,49 @@
+"""Verifiable math reward (§7), split by purpose.
+
+- :mod:`recipe.acpo.reward.extract`: the final answer of a response (last ``Answer:`` line, else last ``\\boxed``).
+- :mod:`recipe.acpo.reward.verifier_pool`: math-verify in killable worker processes with per-item time limits.
+- :mod:`recipe.acpo.reward.scorer`: :func:`compute_score` (verl's custom-reward-function hook,
+  ``reward.custom_reward_function.path=pkg://recipe.acpo.reward``), the shared scorer and the step metrics.
+
+The verl reward manager lives in :mod:`recipe.acpo.reward_manager`. Nothing here imports verl or torch.
+"""
+
+from recipe.acpo.reward.extract import MAX_ANSWER_CHARS, TAIL_CHARS, extract_answer
+from recipe.acpo.reward.scorer import (
+    MAX_PRED_CHARS,
+    REWARD_NO_ANSWER_FRAC,
+    REWARD_TIMEOUT_FRAC,
+    MathAnswerScorer,
+    RewardResult,
+    VerifierSettings,
+    compute_score,
+    get_scorer,
+    reward_fraction_metrics,
+)
+from recipe.acpo.reward.verifier_pool import (
+    GOLD_UNPARSABLE,
+    VerifierPool,
+    VerifierPoolError,
+    VerifyOutcome,
+    verify_answer,
+)
+
+__all__ = [
+    "GOLD_UNPARSABLE",
+    "MAX_ANSWER_CHARS",
+    "MAX_PRED_CHARS",
+    "REWARD_NO_ANSWER_FRAC",
+    "REWARD_TIMEOUT_FRAC",
+    "TAIL_CHARS",
+    "MathAnswerScorer",
+    "RewardResult",
+    "VerifierPool",
+    "VerifierPoolError",
+    "VerifierSettings",
+    "VerifyOutcome",
+    "compute_score",
+    "extract_answer",
+    "get_scorer",
+    "reward_fraction_metrics",
+    "verify_answer",
+]
