@@ -10,7 +10,8 @@ starts, the run is checked and stops with a message naming the file or key at fa
   ``reward_model.ground_truth``, unparsable answers ...);
 - the model path (a local Hugging Face folder, or a hub id unless ``HF_HUB_OFFLINE`` is set);
 - ``trainer.device=cpu`` without the CPU preset, or the CPU rollout on a GPU run;
-- the reward manager (imported here once, so a typo fails now rather than in a Ray worker).
+- the reward manager (imported here once, so a typo fails now rather than in a Ray worker);
+- the micro-batch sizes, each of which must divide the batch a worker splits into micro-batches.
 
 Ray is then started (its temporary folder is ``ray_kwargs.ray_init._temp_dir``), every worker importing the CPU plugin
 (the ``verl_cpu`` package) when ``trainer.device=cpu`` (``VERL_USE_EXTERNAL_MODULES`` / ``VERL_PLATFORM`` in the
@@ -205,6 +206,45 @@ def check_trainer_mode(config: DictConfig) -> None:
         raise SetupError(f"trainer.v1.trainer_mode={mode}: the ACPO recipe runs the synchronous trainer only (sync)")
 
 
+# (micro-batch key, whether it splits a mini-batch of the update rather than the whole step's batch)
+_MICRO_BATCH_KEYS: tuple[tuple[str, bool], ...] = (
+    ("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", True),
+    ("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu", False),
+    ("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu", False),
+)
+
+
+def check_micro_batch_sizes(config: DictConfig, use_reference_policy: bool) -> None:
+    """Each fixed micro-batch size divides the batch a worker splits, or the run stops here rather than mid-step.
+
+    Without dynamic batch sizes, verl asserts (in ``prepare_micro_batches``, after rollout) that a worker's batch
+    divides into whole micro-batches: the step's ``train_batch_size * rollout.n`` responses for the log-prob passes,
+    ``ppo_mini_batch_size * rollout.n`` for the update, each spread over the training workers.
+    """
+    n = config.actor_rollout_ref.rollout.n
+    workers = config.trainer.n_gpus_per_node * config.trainer.nnodes
+    batches = {False: config.data.train_batch_size * n, True: config.actor_rollout_ref.actor.ppo_mini_batch_size * n}
+    wrong = []
+    for key, splits_mini_batch in _MICRO_BATCH_KEYS:
+        role = key.split(".")[1]
+        if key.startswith("actor_rollout_ref.ref.") and not use_reference_policy:
+            continue
+        if OmegaConf.select(config, f"actor_rollout_ref.{role}.use_dynamic_bsz", default=False) or OmegaConf.select(
+            config, f"actor_rollout_ref.{role}.log_prob_use_dynamic_bsz", default=False
+        ):
+            continue
+        size = OmegaConf.select(config, key, default=None)
+        per_worker = batches[splits_mini_batch] // workers
+        if size is not None and (size < 1 or per_worker % size):
+            batch = "ppo_mini_batch_size" if splits_mini_batch else "data.train_batch_size"
+            wrong.append(
+                f"{key}={size} does not divide the {per_worker} responses per worker "
+                f"({batch} x rollout.n={n} / {workers} workers)"
+            )
+    if wrong:
+        raise SetupError("; ".join(wrong) + ". Set each to a divisor (1 always works).")
+
+
 def check_reward_manager(config: DictConfig) -> None:
     from verl.trainer.ppo.reward import resolve_reward_manager_cls
 
@@ -388,7 +428,9 @@ def prepare(config: DictConfig) -> tuple[ACPOConfig, dict[str, Any]]:
 
     auto_set_device(config)
     check_reward_manager(config)
-    validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    use_reference_policy = need_reference_policy(config)
+    check_micro_batch_sizes(config, use_reference_policy)
+    validate_config(config, use_reference_policy=use_reference_policy, use_critic=need_critic(config))
     return acpo_config, ray_init_kwargs(config, env_vars)
 
 

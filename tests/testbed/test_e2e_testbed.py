@@ -39,6 +39,8 @@ def _run_stage1(policy: Path, train: Path, val: Path, out: Path, ray_dir: Path) 
         "data.train_batch_size=2",
         "actor_rollout_ref.rollout.n=4",
         "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
         "trainer.total_training_steps=1",
         "trainer.save_freq=-1",
         "trainer.test_freq=1",
