@@ -166,6 +166,14 @@ train_args() {  # train_args STAGE STEPS: the overrides both stages share
         "hydra.run.dir=$DEMO_DIR/$stage/hydra"
 }
 
+train_stage() {  # train_stage STAGE STEPS MODEL: one stage through verl; its metrics go to $LOGS/STAGE_metrics.jsonl
+    local stage=$1 steps=$2 model=$3 args
+    mapfile -t args < <(train_args "$stage" "$steps")
+    VERL_FILE_LOGGER_PATH=$LOGS/${stage}_metrics.jsonl run_logged "$stage" \
+        python -m recipe.acpo.main_acpo --config-name "${CONFIG_PREFIX}_$stage" "actor_rollout_ref.model.path=$model" \
+        "${args[@]}"
+}
+
 # --- 2. Accuracy before training ----------------------------------------------------------------------------------
 phase "Acc@$DEMO_EVAL_K of the initial model"
 run_logged eval_before python -m recipe.acpo.evaluate --model "$MODEL" --output-dir "$DEMO_DIR/eval_before" \
@@ -173,10 +181,7 @@ run_logged eval_before python -m recipe.acpo.evaluate --model "$MODEL" --output-
 
 # --- 3. Stage 1 ------------------------------------------------------------------------------------------------------
 phase "Stage 1: $DEMO_STAGE1_STEPS steps (KL-free exploration, uniform token weights, difficulty-aware sampling)"
-mapfile -t STAGE1_ARGS < <(train_args stage1 "$DEMO_STAGE1_STEPS")
-VERL_FILE_LOGGER_PATH=$LOGS/stage1_metrics.jsonl run_logged stage1 \
-    python -m recipe.acpo.main_acpo --config-name "${CONFIG_PREFIX}_stage1" "actor_rollout_ref.model.path=$MODEL" \
-    "${STAGE1_ARGS[@]}"
+train_stage stage1 "$DEMO_STAGE1_STEPS" "$MODEL"
 
 phase "merge the last Stage-1 checkpoint into a Hugging Face folder"
 STAGE1_MODEL=$DEMO_DIR/stage1/merged
@@ -185,10 +190,7 @@ run_logged merge_stage1 python -m recipe.acpo.merge --checkpoint-dir "$DEMO_DIR/
 
 # --- 4. Stage 2 ------------------------------------------------------------------------------------------------------
 phase "Stage 2: $DEMO_STAGE2_STEPS steps (K3 KL to the Stage-1 policy, confidence-weighted tokens)"
-mapfile -t STAGE2_ARGS < <(train_args stage2 "$DEMO_STAGE2_STEPS")
-VERL_FILE_LOGGER_PATH=$LOGS/stage2_metrics.jsonl run_logged stage2 \
-    python -m recipe.acpo.main_acpo --config-name "${CONFIG_PREFIX}_stage2" "actor_rollout_ref.model.path=$STAGE1_MODEL" \
-    "${STAGE2_ARGS[@]}"
+train_stage stage2 "$DEMO_STAGE2_STEPS" "$STAGE1_MODEL"
 
 # --- 5. Accuracy after training (the evaluation merges the verl checkpoint itself) --------------------------------
 phase "Acc@$DEMO_EVAL_K of the final model (the last Stage-2 checkpoint)"

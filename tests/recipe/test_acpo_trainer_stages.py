@@ -192,7 +192,11 @@ def test_a_micro_batch_size_that_does_not_divide_the_batch_is_named_before_ray_s
     # The testbed's sizes (64 responses a step, micro-batches of 64) fit; a smaller batch (2 prompts x 4) does not,
     # and the reference pass (Stage 2) follows the rollout's micro-batch size when that one is lowered.
     check_micro_batch_sizes(compose("acpo_cpu_testbed_stage2"), use_reference_policy=True)
-    small = ["data.train_batch_size=2", "actor_rollout_ref.rollout.n=4", "actor_rollout_ref.actor.ppo_mini_batch_size=2"]
+    small = [
+        "data.train_batch_size=2",
+        "actor_rollout_ref.rollout.n=4",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+    ]
     with pytest.raises(SetupError, match=r"ppo_micro_batch_size_per_gpu=64 does not divide the 8 responses"):
         check_micro_batch_sizes(compose("acpo_cpu_testbed_stage2", small), use_reference_policy=True)
     lowered = [
