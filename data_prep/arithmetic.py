@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from data_prep.cli import run_tool
 from data_prep.pipeline import progress
@@ -87,23 +87,54 @@ def make_problem(rng: random.Random, num_ops: int, max_start: int = 50, max_valu
     return ArithmeticProblem(text=" ".join(sentences), answer=value, num_ops=num_ops)
 
 
+class _Problem(Protocol):
+    text: str
+
+
+ProblemT = TypeVar("ProblemT", bound=_Problem)
+
+
+def draw_distinct(
+    count: int,
+    draw: Callable[[], ProblemT],
+    what: str,
+    exclude: set[str] | None = None,
+    accept: Callable[[ProblemT], bool] | None = None,
+    show_progress: bool | None = False,
+    max_attempts: int = _MAX_ATTEMPTS_PER_PROBLEM,
+) -> list[ProblemT]:
+    """``count`` problems from ``draw`` with distinct texts, none in ``exclude``, each one ``accept`` takes
+    (``max_attempts`` draws at most per problem).
+
+    Raises:
+        DataError: ``draw`` keeps repeating itself (``what`` names the problems asked for).
+    """
+    seen = set(exclude or ())
+    problems: list[ProblemT] = []
+    for _ in progress(range(count), show_progress, desc="problems", unit="problem"):
+        for _attempt in range(max_attempts):
+            problem = draw()
+            if problem.text not in seen and (accept is None or accept(problem)):
+                break
+        else:
+            raise DataError(f"cannot draw {count} distinct {what}: ask for fewer")
+        seen.add(problem.text)
+        problems.append(problem)
+    return problems
+
+
 def generate(
     count: int, num_ops: tuple[int, int], seed: int, exclude: set[str] | None = None, show_progress: bool | None = None
 ) -> list[ArithmeticProblem]:
     """``count`` distinct problems (none of whose texts is in ``exclude``), deterministic in ``seed``."""
     rng = random.Random(seed)
-    seen = set(exclude or ())
-    problems: list[ArithmeticProblem] = []
-    for _ in progress(range(count), show_progress, desc="problems", unit="problem"):
-        for _attempt in range(_MAX_ATTEMPTS_PER_PROBLEM):
-            problem = make_problem(rng, rng.randint(*num_ops))
-            if problem.text not in seen:
-                break
-        else:
-            raise DataError(f"cannot draw {count} distinct problems with {num_ops} operations: ask for fewer")
-        seen.add(problem.text)
-        problems.append(problem)
-    return problems
+    return draw_distinct(
+        count,
+        lambda: make_problem(rng, rng.randint(*num_ops)),
+        f"problems with {num_ops} operations",
+        exclude,
+        show_progress=show_progress,
+    )
 
 
 def build_rows(problems: Sequence[ArithmeticProblem], data_source: str, split: str, first: int) -> list[dict[str, Any]]:

@@ -24,10 +24,10 @@ from data_prep.pipeline import (
     RowBatch,
     RowCollector,
     coerce_id,
-    coerce_pass_rate,
     progress_bar,
     split_train_val,
 )
+from data_prep.record_rows import RecordRows, records_have_pass_rate
 from data_prep.schema import DataError, write_rows
 from data_prep.sources import MalformedLine, Source, open_parquet, read_records, resolve_sources
 
@@ -148,41 +148,13 @@ def _record_fields(record: Any) -> tuple[str | None, Any, Any, Any, Reason, str 
 
 def record_dapo_batch(records: Sequence[Any], has_pass_rate: bool) -> RowBatch:
     """The rows of DAPO-schema records read from json / jsonl (Python values, any types)."""
-    reasons = np.zeros(len(records), dtype=np.uint8)
-    texts: list[str | None] = []
-    answers: list[str | None] = []
-    ids: list[str | None] = []
-    rates = np.full(len(records), np.nan)
-    details: dict[int, str] = {}
-    for row, record in enumerate(records):
+    rows = RecordRows(len(records), has_pass_rate)
+    for record in records:
         content, answer, index, pass_rate, reason, detail = _record_fields(record)
         if reason == Reason.OK and answer is not None and not isinstance(answer, str):
             reason, detail = Reason.NON_STRING_ANSWER, f"{answer!r} has type {type(answer).__name__}"
-        rate, rate_ok = coerce_pass_rate(pass_rate)
-        if reason == Reason.OK and not rate_ok:
-            reason, detail = Reason.BAD_PASS_RATE, repr(pass_rate)
-        reasons[row] = reason
-        if detail:
-            details[row] = detail
-        texts.append(content)
-        answers.append(answer if isinstance(answer, str) else None)
-        ids.append(coerce_id(index))
-        rates[row] = rate
-    return RowBatch(
-        text=pa.array(texts, type=pa.string()),
-        ground_truth=pa.array(answers, type=pa.string()),
-        ids=pa.array(ids, type=pa.string()),
-        reasons=reasons,
-        details=details,
-        pass_rate=rates if has_pass_rate else None,
-    )
-
-
-def _has_record_pass_rate(records: Sequence[Any]) -> bool:
-    return any(
-        isinstance(record, dict) and isinstance(record.get("extra_info"), dict) and "pass_rate" in record["extra_info"]
-        for record in records
-    )
+        rows.add(content, answer if isinstance(answer, str) else None, coerce_id(index), pass_rate, reason, detail)
+    return rows.batch()
 
 
 def dapo_batches(source: Source, show_progress: bool | None) -> Iterator[RowBatch]:
@@ -208,7 +180,7 @@ def dapo_batches(source: Source, show_progress: bool | None) -> Iterator[RowBatc
     missing = [column for column in DAPO_COLUMNS if column not in names]
     if missing:
         raise DataError(f"{source.name}: missing column(s) {missing}; found {sorted(names)}")
-    yield record_dapo_batch(records, _has_record_pass_rate(records))
+    yield record_dapo_batch(records, records_have_pass_rate(records))
 
 
 def collect_dapo(sources: Sequence[Source], skip_bad: bool, show_progress: bool | None = None) -> Prepared:
