@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from recipe.acpo.acc_at_k import DATA_SOURCE_FIELD, BenchmarkFile, EvaluationError, inspect_benchmark
 from recipe.acpo.checkpoints import CheckpointError, find_verl_actor_checkpoint, is_hf_model_folder
@@ -29,6 +30,13 @@ from recipe.acpo.validation_run import (
 
 GPU_CONFIG_NAME = "acpo_trainer"
 CPU_CONFIG_NAME = "acpo_cpu"
+# The command-line options that decide what is sampled, recorded with the results.
+SAMPLING_OPTIONS = ("k", "temperature", "top_p", "top_k", "max_prompt_length", "max_response_length")
+
+
+def sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling options of the parsed command line (``SAMPLING_OPTIONS``), by name."""
+    return {name: getattr(args, name) for name in SAMPLING_OPTIONS}
 
 
 def merge_command(actor_dir: Path, target_dir: Path) -> list[str]:
@@ -171,12 +179,7 @@ def plan_evaluation(args: argparse.Namespace, work_dir: Path) -> RunPlan:
     plan.validate = build_validation_command(
         model=model,
         data_files=[bench.path for bench in benchmarks],
-        k=args.k,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        max_prompt_length=args.max_prompt_length,
-        max_response_length=args.max_response_length,
+        **sampling_settings(args),
         config_name=config_name,
         dump_dir=plan.dump_dir,
         checkpoint_dir=work_dir / "unused_checkpoints",

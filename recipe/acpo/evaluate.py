@@ -47,7 +47,13 @@ from recipe.acpo.acc_at_k import (
     read_verl_reported,
 )
 from recipe.acpo.checkpoints import find_verl_actor_checkpoint, is_hf_model_folder
-from recipe.acpo.eval_plan import CPU_CONFIG_NAME, GPU_CONFIG_NAME, build_validation_command, plan_evaluation
+from recipe.acpo.eval_plan import (
+    CPU_CONFIG_NAME,
+    GPU_CONFIG_NAME,
+    build_validation_command,
+    plan_evaluation,
+    sampling_settings,
+)
 from recipe.acpo.validation_run import ValidationRunError
 
 # Public names of the tool, importable from here as before its parts were split out.
@@ -135,12 +141,7 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult | None:
             "model": str(Path(args.model).expanduser().resolve()),
             "merged_from_verl_checkpoint": plan.merge is not None,
             "data": {row.benchmark: source_file[row.benchmark] for row in result.rows},
-            "k": args.k,
-            "temperature": args.temperature,
-            "top_p": args.top_p,
-            "top_k": args.top_k,
-            "max_prompt_length": args.max_prompt_length,
-            "max_response_length": args.max_response_length,
+            **sampling_settings(args),
             "config_name": plan.validate[plan.validate.index("--config-name") + 1],
             "overrides": list(args.overrides),
             "generations": str(plan.dump_dir),
