@@ -1,11 +1,12 @@
-"""Seeded synthetic multi-step arithmetic word problems with integer answers, in the shared schema.
+"""Seeded synthetic multi-step arithmetic word problems with integer answers, in verl's RL parquet schema.
 
 ``python -m data_prep.arithmetic --output-dir DIR --num-train 256 --num-val 32 --num-ops 2-3 --seed 0`` writes
-``DIR/arithmetic_train.parquet`` and ``DIR/arithmetic_val.parquet``. A problem starts from a quantity and applies
-``--num-ops`` operations (add, take away, multiply, share out evenly) told as sentences, then asks for the final
-quantity: every intermediate value is a non-negative integer, so the answer is one. More operations make a harder
-problem (the difficulty knob). The same arguments give the same rows in the same order; train and validation never
-share a problem. Used by the CPU demo and the tests.
+``DIR/arithmetic_train.parquet`` and ``DIR/arithmetic_val.parquet`` (``--data-source`` names the rows and files),
+prompts in the shared template. A problem starts from a quantity and applies ``--num-ops`` operations (add, take
+away, multiply, share out evenly) told as sentences, then asks for the final quantity: every intermediate value is a
+non-negative integer, so the answer is one. More operations make a harder problem (the difficulty knob, recorded in
+``extra_info.num_ops``). The same arguments give the same rows in the same order; train and validation never share
+a problem. Used by the CPU demo and the tests.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from data_prep.cli import run_tool
+from data_prep.cli import module_parser, run_tool
 from data_prep.pipeline import progress
 from data_prep.schema import DataError, build_row, write_rows
 
@@ -153,15 +154,7 @@ def build_rows(problems: Sequence[ArithmeticProblem], data_source: str, split: s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m data_prep.arithmetic",
-        description="Generate seeded multi-step arithmetic word problems with integer answers in verl RL parquet "
-        "(the shared prompt template; extra_info.num_ops records each problem's difficulty). Writes "
-        "DIR/{data_source}_train.parquet and DIR/{data_source}_val.parquet; train and validation share no problem; "
-        "the same arguments give the same files.",
-        epilog="Example: python -m data_prep.arithmetic --output-dir /tmp/data --num-train 256 --num-val 32 "
-        "--num-ops 2-3 --seed 0",
-    )
+    parser = module_parser("data_prep.arithmetic", __doc__)
     parser.add_argument("--output-dir", required=True, help="folder for the parquet files")
     parser.add_argument("--num-train", type=int, default=1024, help="training problems (default 1024)")
     parser.add_argument("--num-val", type=int, default=128, help="validation problems (default 128; 0: no val file)")

@@ -2,8 +2,12 @@
 
 ``python -m data_prep.dapo17k --input dapo-math-17k.parquet --output-dir DIR --val-size 512 --seed 0`` writes
 ``DIR/dapo17k_train.parquet`` (and ``DIR/dapo17k_val.parquet``). Rows are de-duplicated by normalised problem text
-(the problem is extracted from the templated prompt) keeping the first occurrence and its id; output rows keep the
-input order. The DAPO-schema readers here also serve ``data_prep.benchmarks`` for AIME 2024 in the DAPO format.
+(the problem is extracted from the DAPO prompt template and re-rendered with the shared one) keeping the first
+occurrence and its id; output rows keep the input order, and ``extra_info.pass_rate`` when present. Prints rows
+read, bad rows, duplicates dropped and rows written. Bad rows (null/empty/non-string/unparseable ground truths,
+empty prompts, prompts outside the template, duplicate ids, malformed rows) stop the run with the file and row
+unless ``--skip-bad``. The DAPO-schema readers here also serve ``data_prep.benchmarks`` for AIME 2024 in the DAPO
+format.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_prep.cli import add_common_arguments, print_counts, run_tool
+from data_prep.cli import add_common_arguments, module_parser, print_counts, run_tool
 from data_prep.pipeline import (
     Prepared,
     Reason,
@@ -193,17 +197,7 @@ def collect_dapo(sources: Sequence[Source], skip_bad: bool, show_progress: bool 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m data_prep.dapo17k",
-        description="Turn DAPO-Math-17k as published (about 1.79M rows, about 17.4k distinct prompts repeated) into "
-        "de-duplicated verl RL parquet: problems de-duplicated by normalised text (first occurrence and its id kept, "
-        "input order kept), the problem extracted from the DAPO prompt template and re-rendered with the shared "
-        "template, extra_info.pass_rate kept when present. Prints rows read, bad rows, duplicates dropped and rows "
-        "written. Bad rows (null/empty/non-string/unparseable ground truths, empty prompts, prompts outside the "
-        "template, duplicate ids, malformed rows) stop the run with the file and row unless --skip-bad.",
-        epilog="Example: python -m data_prep.dapo17k --input data/dapo-math-17k.parquet --output-dir ~/data/acpo "
-        "--val-size 512 --seed 0",
-    )
+    parser = module_parser("data_prep.dapo17k", __doc__)
     parser.add_argument(
         "--input",
         default=HUB_NAME,

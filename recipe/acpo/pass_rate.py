@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from data_prep.cli import module_parser
 from data_prep.pass_rate import ROW_KEY, add_row_numbers, pass_rates_from_dump, read_dump, write_pass_rates
 from data_prep.schema import DataError
 from recipe.acpo.validation_run import (
@@ -92,11 +93,7 @@ def validation_command(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m recipe.acpo.pass_rate",
-        description=__doc__.replace("``", ""),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = module_parser("recipe.acpo.pass_rate", __doc__)
     parser.add_argument("--input", required=True, type=Path, help="training parquet in verl's RL schema")
     parser.add_argument(
         "--output", required=True, type=Path, help="parquet to write (the input + extra_info.pass_rate)"
