@@ -153,6 +153,18 @@ def test_verl_checkpoint_folders_resolve_to_the_latest_actor(tmp_path: Path) -> 
     actor = tmp_path / "global_step_10" / "actor"
     assert ev.find_verl_actor_checkpoint(actor) == actor
     assert ev.find_verl_actor_checkpoint(tmp_path / "global_step_10" / "actor" / "huggingface") is None
+    # a step named by verl's tracker but without an actor folder: the latest step that has one
+    (tmp_path / "global_step_12").mkdir()
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("12")
+    assert ev.find_verl_actor_checkpoint(tmp_path) == tmp_path / "global_step_10" / "actor"
+
+
+def test_a_corrupt_checkpoint_tracker_is_named_before_anything_runs(tmp_path: Path) -> None:
+    bench = _write_benchmark(tmp_path / "b.parquet", "gsm", ["1"])
+    (tmp_path / "ckpt" / "global_step_3" / "actor").mkdir(parents=True)
+    (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").write_text("three")
+    done = _run_cli("--model", str(tmp_path / "ckpt"), "--data", str(bench), "--dry-run")
+    assert done.returncode == 2 and "latest_checkpointed_iteration.txt should hold a step number" in done.stderr
 
 
 def test_validation_command_sets_verl_validation_only_keys(tmp_path: Path, tiny_model_dir: Path) -> None:
