@@ -24,6 +24,7 @@ __all__ = [
     "has_weights",
     "is_hf_model_folder",
     "latest_step",
+    "missing_model_files",
     "step_folders",
 ]
 
@@ -52,9 +53,20 @@ def has_tokenizer_files(folder: Path) -> bool:
     return any((folder / name).is_file() for name in TOKENIZER_FILES)
 
 
+def missing_model_files(folder: Path, *, weights: bool = True, tokenizer_folder: Path | None = None) -> list[str]:
+    """What ``folder`` lacks to be a Hugging Face model folder, in words: ``config.json``, the weights (unless
+    ``weights`` is false) and, when ``tokenizer_folder`` is given, tokenizer files there."""
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
+    if weights and not has_weights(folder):
+        missing.append("model weights (*.safetensors or pytorch_model*.bin)")
+    if tokenizer_folder is not None and not has_tokenizer_files(tokenizer_folder):
+        missing.append(f"tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
+    return missing
+
+
 def is_hf_model_folder(folder: Path) -> bool:
     """A Hugging Face model folder: ``config.json`` and weights."""
-    return (folder / "config.json").is_file() and has_weights(folder)
+    return not missing_model_files(folder)
 
 
 # ----------------------------------------------------------------------------------------------------------------

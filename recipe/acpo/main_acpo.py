@@ -42,7 +42,7 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from acpo_core.config import ACPOConfig, ACPOConfigError
-from recipe.acpo.checkpoints import TOKENIZER_FILES, has_tokenizer_files
+from recipe.acpo.checkpoints import missing_model_files
 
 RECIPE_ROOT = Path(__file__).resolve().parents[2]
 CPU_PRESET = "acpo_cpu"
@@ -129,10 +129,8 @@ def check_model_path(config: DictConfig) -> None:
     if path.exists():
         if not path.is_dir():
             raise SetupError(f"{key}={raw}: a file, not a Hugging Face model folder")
-        missing = [] if (path / "config.json").is_file() else ["config.json"]
-        tokenizer_path = config.actor_rollout_ref.model.get("tokenizer_path") or path
-        if not has_tokenizer_files(Path(os.path.expanduser(str(tokenizer_path)))):
-            missing.append(f"tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
+        tokenizer_folder = Path(os.path.expanduser(str(config.actor_rollout_ref.model.get("tokenizer_path") or path)))
+        missing = missing_model_files(path, weights=False, tokenizer_folder=tokenizer_folder)
         if missing:
             raise SetupError(f"{key}={raw}: not a Hugging Face model folder, it lacks {' and '.join(missing)}")
         return

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recipe.acpo.checkpoints import CheckpointError, has_weights, latest_step
+from recipe.acpo.checkpoints import CheckpointError, latest_step, missing_model_files
 
 __all__ = [
     "MERGE_RECORD",
@@ -141,10 +141,11 @@ def check_stage2_model_path(model_config: Any) -> None:
     path = Path(str(raw)).expanduser()
     if not path.is_dir():
         raise ValueError(f"actor_rollout_ref.model.path={raw} does not exist: {hint}")
-    if not (path / "config.json").is_file():
-        raise ValueError(f"actor_rollout_ref.model.path={raw} is not a Hugging Face folder (no config.json): {hint}")
-    if not has_weights(path):
-        raise ValueError(f"actor_rollout_ref.model.path={raw} holds no model weights (*.safetensors): {hint}")
+    missing = missing_model_files(path)
+    if missing:
+        raise ValueError(
+            f"actor_rollout_ref.model.path={raw} is not a Hugging Face folder (no {' and no '.join(missing)}): {hint}"
+        )
     if not (path / MERGE_RECORD).is_file():
         warnings.warn(
             f"{path} has no {MERGE_RECORD}: it was not written by recipe.acpo.merge; Stage 2 expects the merged "
