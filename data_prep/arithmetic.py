@@ -1,11 +1,12 @@
-"""Seeded synthetic multi-step arithmetic word problems with integer answers, in the shared schema.
+"""Seeded synthetic multi-step arithmetic word problems with integer answers, in verl's RL parquet schema.
 
 ``python -m data_prep.arithmetic --output-dir DIR --num-train 256 --num-val 32 --num-ops 2-3 --seed 0`` writes
-``DIR/arithmetic_train.parquet`` and ``DIR/arithmetic_val.parquet``. A problem starts from a quantity and applies
-``--num-ops`` operations (add, take away, multiply, share out evenly) told as sentences, then asks for the final
-quantity: every intermediate value is a non-negative integer, so the answer is one. More operations make a harder
-problem (the difficulty knob). The same arguments give the same rows in the same order; train and validation never
-share a problem. Used by the CPU demo and the tests.
+``DIR/arithmetic_train.parquet`` and ``DIR/arithmetic_val.parquet`` (``--data-source`` names the rows and files),
+prompts in the shared template. A problem starts from a quantity and applies ``--num-ops`` operations (add, take
+away, multiply, share out evenly) told as sentences, then asks for the final quantity: every intermediate value is a
+non-negative integer, so the answer is one. More operations make a harder problem (the difficulty knob, recorded in
+``extra_info.num_ops``). The same arguments give the same rows in the same order; train and validation never share
+a problem. Used by the CPU demo and the tests.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from __future__ import annotations
 import argparse
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-from data_prep.cli import run_tool
+from data_prep.cli import module_parser, run_tool
 from data_prep.pipeline import progress
 from data_prep.schema import DataError, build_row, write_rows
 
@@ -87,23 +88,54 @@ def make_problem(rng: random.Random, num_ops: int, max_start: int = 50, max_valu
     return ArithmeticProblem(text=" ".join(sentences), answer=value, num_ops=num_ops)
 
 
+class _Problem(Protocol):
+    text: str
+
+
+ProblemT = TypeVar("ProblemT", bound=_Problem)
+
+
+def draw_distinct(
+    count: int,
+    draw: Callable[[], ProblemT],
+    what: str,
+    exclude: set[str] | None = None,
+    accept: Callable[[ProblemT], bool] | None = None,
+    show_progress: bool | None = False,
+    max_attempts: int = _MAX_ATTEMPTS_PER_PROBLEM,
+) -> list[ProblemT]:
+    """``count`` problems from ``draw`` with distinct texts, none in ``exclude``, each one ``accept`` takes
+    (``max_attempts`` draws at most per problem).
+
+    Raises:
+        DataError: ``draw`` keeps repeating itself (``what`` names the problems asked for).
+    """
+    seen = set(exclude or ())
+    problems: list[ProblemT] = []
+    for _ in progress(range(count), show_progress, desc="problems", unit="problem"):
+        for _attempt in range(max_attempts):
+            problem = draw()
+            if problem.text not in seen and (accept is None or accept(problem)):
+                break
+        else:
+            raise DataError(f"cannot draw {count} distinct {what}: ask for fewer")
+        seen.add(problem.text)
+        problems.append(problem)
+    return problems
+
+
 def generate(
     count: int, num_ops: tuple[int, int], seed: int, exclude: set[str] | None = None, show_progress: bool | None = None
 ) -> list[ArithmeticProblem]:
     """``count`` distinct problems (none of whose texts is in ``exclude``), deterministic in ``seed``."""
     rng = random.Random(seed)
-    seen = set(exclude or ())
-    problems: list[ArithmeticProblem] = []
-    for _ in progress(range(count), show_progress, desc="problems", unit="problem"):
-        for _attempt in range(_MAX_ATTEMPTS_PER_PROBLEM):
-            problem = make_problem(rng, rng.randint(*num_ops))
-            if problem.text not in seen:
-                break
-        else:
-            raise DataError(f"cannot draw {count} distinct problems with {num_ops} operations: ask for fewer")
-        seen.add(problem.text)
-        problems.append(problem)
-    return problems
+    return draw_distinct(
+        count,
+        lambda: make_problem(rng, rng.randint(*num_ops)),
+        f"problems with {num_ops} operations",
+        exclude,
+        show_progress=show_progress,
+    )
 
 
 def build_rows(problems: Sequence[ArithmeticProblem], data_source: str, split: str, first: int) -> list[dict[str, Any]]:
@@ -122,15 +154,7 @@ def build_rows(problems: Sequence[ArithmeticProblem], data_source: str, split: s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m data_prep.arithmetic",
-        description="Generate seeded multi-step arithmetic word problems with integer answers in verl RL parquet "
-        "(the shared prompt template; extra_info.num_ops records each problem's difficulty). Writes "
-        "DIR/{data_source}_train.parquet and DIR/{data_source}_val.parquet; train and validation share no problem; "
-        "the same arguments give the same files.",
-        epilog="Example: python -m data_prep.arithmetic --output-dir /tmp/data --num-train 256 --num-val 32 "
-        "--num-ops 2-3 --seed 0",
-    )
+    parser = module_parser("data_prep.arithmetic", __doc__)
     parser.add_argument("--output-dir", required=True, help="folder for the parquet files")
     parser.add_argument("--num-train", type=int, default=1024, help="training problems (default 1024)")
     parser.add_argument("--num-val", type=int, default=128, help="validation problems (default 128; 0: no val file)")

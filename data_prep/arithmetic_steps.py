@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from data_prep.arithmetic import parse_num_ops
+from data_prep.arithmetic import draw_distinct, parse_num_ops
 from data_prep.cli import run_tool
 from data_prep.schema import DataError, build_row, write_rows
 from data_prep.step_check import evaluate
@@ -150,18 +150,14 @@ def generate(
 ) -> list[StepProblem]:
     """``count`` distinct problems of ``pool`` (none whose text is in ``exclude``), deterministic in ``seed``."""
     rng = random.Random(seed)
-    seen = set(exclude or ())
-    problems: list[StepProblem] = []
-    for _ in range(count):
-        for _attempt in range(_MAX_ATTEMPTS_PER_PROBLEM):
-            problem = make_problem(rng, spec)
-            if problem.text not in seen and pool_of(problem.text) == pool:
-                break
-        else:
-            raise DataError(f"cannot draw {count} distinct {pool!r} problems with {spec}: ask for fewer")
-        seen.add(problem.text)
-        problems.append(problem)
-    return problems
+    return draw_distinct(
+        count,
+        lambda: make_problem(rng, spec),
+        f"{pool!r} problems with {spec}",
+        exclude,
+        accept=lambda problem: pool_of(problem.text) == pool,
+        max_attempts=_MAX_ATTEMPTS_PER_PROBLEM,
+    )
 
 
 def build_rows(problems: Sequence[StepProblem], split: str, first: int) -> list[dict[str, Any]]:

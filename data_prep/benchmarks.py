@@ -22,12 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
 from data_prep.cli import add_common_arguments, print_counts, run_tool
 from data_prep.dapo17k import collect_dapo
-from data_prep.pipeline import Prepared, Reason, RowBatch, RowCollector, coerce_id, coerce_pass_rate
+from data_prep.pipeline import Prepared, Reason, RowBatch, RowCollector, coerce_id
+from data_prep.record_rows import RecordRows, records_have_pass_rate
 from data_prep.schema import DataError, write_rows
 from data_prep.sources import MalformedLine, Source, column_names, read_records, resolve_sources
 
@@ -105,17 +103,7 @@ def benchmark_batch(records: Sequence[Any], spec: BenchmarkSpec, file: str, firs
     id_field = _field(names, spec.id_fields)
     extra_fields = {name: _field(names, (name,)) for name in spec.extra_fields}
     rate_field = _field(names, ("pass_rate",))
-    has_pass_rate = rate_field is not None or any(
-        isinstance(record, dict) and isinstance(record.get("extra_info"), dict) and "pass_rate" in record["extra_info"]
-        for record in records
-    )
-    reasons = np.zeros(len(records), dtype=np.uint8)
-    details: dict[int, str] = {}
-    problems: list[str | None] = []
-    answers: list[str | None] = []
-    ids: list[str | None] = []
-    rates = np.full(len(records), np.nan)
-    extra: dict[str, list[Any]] = {name: [] for name in spec.extra_fields}
+    rows = RecordRows(len(records), rate_field is not None or records_have_pass_rate(records), spec.extra_fields)
     for row, raw in enumerate(records):
         record = raw if isinstance(raw, dict) else {}
         reason, detail = Reason.OK, None
@@ -130,27 +118,16 @@ def benchmark_batch(records: Sequence[Any], spec: BenchmarkSpec, file: str, firs
         if reason == Reason.OK and answer_reason != Reason.OK:
             reason, detail = answer_reason, answer_detail
         info = record.get("extra_info") if isinstance(record.get("extra_info"), dict) else {}
-        raw_rate = record.get(rate_field) if rate_field else info.get("pass_rate")
-        rates[row], rate_ok = coerce_pass_rate(raw_rate)
-        if reason == Reason.OK and not rate_ok:
-            reason, detail = Reason.BAD_PASS_RATE, repr(raw_rate)
-        reasons[row] = reason
-        if detail:
-            details[row] = detail
-        problems.append(problem if isinstance(problem, str) else None)
-        answers.append(answer)
-        ids.append(coerce_id(record.get(id_field)) if id_field else f"{spec.name}-{first_row + row}")
-        for name, stored in extra_fields.items():
-            extra[name].append(record.get(stored) if stored else None)
-    return RowBatch(
-        text=pa.array(problems, type=pa.string()),
-        ground_truth=pa.array(answers, type=pa.string()),
-        ids=pa.array(ids, type=pa.string()),
-        reasons=reasons,
-        details=details,
-        pass_rate=rates if has_pass_rate else None,
-        extra=extra,
-    )
+        rows.add(
+            problem if isinstance(problem, str) else None,
+            answer,
+            coerce_id(record.get(id_field)) if id_field else f"{spec.name}-{first_row + row}",
+            record.get(rate_field) if rate_field else info.get("pass_rate"),
+            reason,
+            detail,
+            {name: record.get(stored) if stored else None for name, stored in extra_fields.items()},
+        )
+    return rows.batch()
 
 
 def _is_dapo_format(source: Source) -> bool:

@@ -14,6 +14,15 @@ from data_prep.schema import DataError
 EXIT_BAD_INPUT = 2
 
 
+def module_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of ``python -m module``: its ``--help`` opens with the module's docstring ``doc``."""
+    return argparse.ArgumentParser(
+        prog=f"python -m {module}",
+        description=(doc or "").replace("``", ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """--skip-bad, --bad-rows-out and --progress/--no-progress."""
     parser.add_argument(

@@ -2,8 +2,12 @@
 
 ``python -m data_prep.dapo17k --input dapo-math-17k.parquet --output-dir DIR --val-size 512 --seed 0`` writes
 ``DIR/dapo17k_train.parquet`` (and ``DIR/dapo17k_val.parquet``). Rows are de-duplicated by normalised problem text
-(the problem is extracted from the templated prompt) keeping the first occurrence and its id; output rows keep the
-input order. The DAPO-schema readers here also serve ``data_prep.benchmarks`` for AIME 2024 in the DAPO format.
+(the problem is extracted from the DAPO prompt template and re-rendered with the shared one) keeping the first
+occurrence and its id; output rows keep the input order, and ``extra_info.pass_rate`` when present. Prints rows
+read, bad rows, duplicates dropped and rows written. Bad rows (null/empty/non-string/unparseable ground truths,
+empty prompts, prompts outside the template, duplicate ids, malformed rows) stop the run with the file and row
+unless ``--skip-bad``. The DAPO-schema readers here also serve ``data_prep.benchmarks`` for AIME 2024 in the DAPO
+format.
 """
 
 from __future__ import annotations
@@ -17,17 +21,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_prep.cli import add_common_arguments, print_counts, run_tool
+from data_prep.cli import add_common_arguments, module_parser, print_counts, run_tool
 from data_prep.pipeline import (
     Prepared,
     Reason,
     RowBatch,
     RowCollector,
     coerce_id,
-    coerce_pass_rate,
     progress_bar,
     split_train_val,
 )
+from data_prep.record_rows import RecordRows, records_have_pass_rate
 from data_prep.schema import DataError, write_rows
 from data_prep.sources import MalformedLine, Source, open_parquet, read_records, resolve_sources
 
@@ -148,41 +152,13 @@ def _record_fields(record: Any) -> tuple[str | None, Any, Any, Any, Reason, str 
 
 def record_dapo_batch(records: Sequence[Any], has_pass_rate: bool) -> RowBatch:
     """The rows of DAPO-schema records read from json / jsonl (Python values, any types)."""
-    reasons = np.zeros(len(records), dtype=np.uint8)
-    texts: list[str | None] = []
-    answers: list[str | None] = []
-    ids: list[str | None] = []
-    rates = np.full(len(records), np.nan)
-    details: dict[int, str] = {}
-    for row, record in enumerate(records):
+    rows = RecordRows(len(records), has_pass_rate)
+    for record in records:
         content, answer, index, pass_rate, reason, detail = _record_fields(record)
         if reason == Reason.OK and answer is not None and not isinstance(answer, str):
             reason, detail = Reason.NON_STRING_ANSWER, f"{answer!r} has type {type(answer).__name__}"
-        rate, rate_ok = coerce_pass_rate(pass_rate)
-        if reason == Reason.OK and not rate_ok:
-            reason, detail = Reason.BAD_PASS_RATE, repr(pass_rate)
-        reasons[row] = reason
-        if detail:
-            details[row] = detail
-        texts.append(content)
-        answers.append(answer if isinstance(answer, str) else None)
-        ids.append(coerce_id(index))
-        rates[row] = rate
-    return RowBatch(
-        text=pa.array(texts, type=pa.string()),
-        ground_truth=pa.array(answers, type=pa.string()),
-        ids=pa.array(ids, type=pa.string()),
-        reasons=reasons,
-        details=details,
-        pass_rate=rates if has_pass_rate else None,
-    )
-
-
-def _has_record_pass_rate(records: Sequence[Any]) -> bool:
-    return any(
-        isinstance(record, dict) and isinstance(record.get("extra_info"), dict) and "pass_rate" in record["extra_info"]
-        for record in records
-    )
+        rows.add(content, answer if isinstance(answer, str) else None, coerce_id(index), pass_rate, reason, detail)
+    return rows.batch()
 
 
 def dapo_batches(source: Source, show_progress: bool | None) -> Iterator[RowBatch]:
@@ -208,7 +184,7 @@ def dapo_batches(source: Source, show_progress: bool | None) -> Iterator[RowBatc
     missing = [column for column in DAPO_COLUMNS if column not in names]
     if missing:
         raise DataError(f"{source.name}: missing column(s) {missing}; found {sorted(names)}")
-    yield record_dapo_batch(records, _has_record_pass_rate(records))
+    yield record_dapo_batch(records, records_have_pass_rate(records))
 
 
 def collect_dapo(sources: Sequence[Source], skip_bad: bool, show_progress: bool | None = None) -> Prepared:
@@ -221,17 +197,7 @@ def collect_dapo(sources: Sequence[Source], skip_bad: bool, show_progress: bool 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m data_prep.dapo17k",
-        description="Turn DAPO-Math-17k as published (about 1.79M rows, about 17.4k distinct prompts repeated) into "
-        "de-duplicated verl RL parquet: problems de-duplicated by normalised text (first occurrence and its id kept, "
-        "input order kept), the problem extracted from the DAPO prompt template and re-rendered with the shared "
-        "template, extra_info.pass_rate kept when present. Prints rows read, bad rows, duplicates dropped and rows "
-        "written. Bad rows (null/empty/non-string/unparseable ground truths, empty prompts, prompts outside the "
-        "template, duplicate ids, malformed rows) stop the run with the file and row unless --skip-bad.",
-        epilog="Example: python -m data_prep.dapo17k --input data/dapo-math-17k.parquet --output-dir ~/data/acpo "
-        "--val-size 512 --seed 0",
-    )
+    parser = module_parser("data_prep.dapo17k", __doc__)
     parser.add_argument(
         "--input",
         default=HUB_NAME,

@@ -1,8 +1,20 @@
 # Settings shared by examples/run_acpo_qwen7b.sh and examples/run_grpo_qwen7b.sh (sourced, not run): the same
 # model, data, batch sizes, sampling, GPU layout and evaluation, so that ACPO and GRPO are compared like with like.
-# Every value can be set from the environment. Defines: the settings, COMMON (Hydra overrides for every training
-# run), EVAL_ARGS (for python -m recipe.acpo.evaluate), BENCH_FILES, and run() (prints, then runs unless DRY_RUN=1).
+# Every value can be set from the environment. Sourced with the script's arguments (`source common_qwen7b.sh "$@"`):
+# --dry-run sets DRY_RUN=1, -h/--help prints the script's header comment, and the rest are the user's Hydra
+# overrides, OVERRIDES. Defines: the settings, COMMON (Hydra overrides for every training run), EVAL_ARGS (for
+# python -m recipe.acpo.evaluate), BENCH_FILES, run() (prints, then runs unless DRY_RUN=1), and the steps every
+# script takes: check_data, train, merge, evaluate_model.
 # shellcheck shell=bash disable=SC2034
+
+DRY_RUN=0
+if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+    # The calling script's header: its comment lines after the shebang.
+    awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
+    exit 0
+fi
+OVERRIDES=("$@")
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MODEL_PATH=${MODEL_PATH:-Qwen/Qwen2.5-Math-7B}
@@ -36,10 +48,38 @@ MAX_CKPT_TO_KEEP=${MAX_CKPT_TO_KEEP:-2}
 # Absolute, so that every Ray worker (on any node, in any working directory) finds the recipe's agent loops.
 AGENT_LOOP_CONFIG=${AGENT_LOOP_CONFIG:-$REPO_ROOT/recipe/acpo/config/agent_loops.yaml}
 
-DRY_RUN=${DRY_RUN:-0}
 run() {
     printf '+'; printf ' %q' "$@"; printf '\n'
     if [[ $DRY_RUN == 0 ]]; then "$@"; fi
+}
+
+# Every file is checked before any GPU is asked for.
+check_data() {
+    run python -m data_prep.check "$TRAIN_FILE" "$VAL_FILE" "${BENCH_FILES[@]}"
+}
+
+# train CONFIG_NAME MODEL EXPERIMENT_NAME CHECKPOINT_DIR STEPS [OVERRIDE...]: one training run of the recipe's entry
+# point with COMMON, then the given overrides (the user's last).
+train() {
+    local config_name=$1 model=$2 experiment_name=$3 checkpoint_dir=$4 steps=$5
+    shift 5
+    run python -m recipe.acpo.main_acpo --config-name "$config_name" "${COMMON[@]}" \
+        actor_rollout_ref.model.path="$model" \
+        trainer.experiment_name="$experiment_name" \
+        trainer.default_local_dir="$checkpoint_dir" \
+        trainer.total_training_steps="$steps" \
+        "$@"
+}
+
+# merge CHECKPOINT_DIR TARGET_DIR: the last checkpoint as a Hugging Face folder.
+merge() {
+    run python -m recipe.acpo.merge --checkpoint-dir "$1" --target-dir "$2"
+}
+
+# evaluate_model MODEL: Acc@EVAL_K on the benchmarks (markdown + JSON under $OUT_DIR/eval).
+evaluate_model() {
+    run python -m recipe.acpo.evaluate --model "$1" --output-dir "$OUT_DIR/eval" --name "${EXPERIMENT}_eval" \
+        "${EVAL_ARGS[@]}"
 }
 
 BENCH_FILES=()

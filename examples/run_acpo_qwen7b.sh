@@ -12,11 +12,8 @@
 # Compare with: bash examples/run_grpo_qwen7b.sh (same data, model, step budget and evaluation).
 set -euo pipefail
 
-DRY_RUN=0
-if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then sed -n '2,12p' "$0"; exit 0; fi
 # shellcheck source=examples/common_qwen7b.sh
-source "$(dirname "${BASH_SOURCE[0]}")/common_qwen7b.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/common_qwen7b.sh" "$@"
 
 EXPERIMENT=${EXPERIMENT:-acpo_qwen2.5_math_7b}
 OUT_DIR=${OUT_DIR:-$RUNS_DIR/$EXPERIMENT}
@@ -25,32 +22,19 @@ STAGE2_DIR=$OUT_DIR/stage2
 MERGED_STAGE1=$OUT_DIR/stage1_merged_hf
 MERGED_STAGE2=$OUT_DIR/stage2_merged_hf
 
-# 1. The data: every file is checked before any GPU is asked for.
-run python -m data_prep.check "$TRAIN_FILE" "$VAL_FILE" "${BENCH_FILES[@]}"
+# 1. The data.
+check_data
 
-# 2. Stage 1: KL-free exploration with the difficulty-aware curriculum.
-run python -m recipe.acpo.main_acpo --config-name acpo_stage1 \
-    "${COMMON[@]}" \
-    actor_rollout_ref.rollout.agent.agent_loop_config_path="$AGENT_LOOP_CONFIG" \
-    actor_rollout_ref.model.path="$MODEL_PATH" \
-    trainer.experiment_name="${EXPERIMENT}_stage1" \
-    trainer.default_local_dir="$STAGE1_DIR" \
-    trainer.total_training_steps="$STAGE1_STEPS" \
-    "$@"
+# 2. Stage 1: KL-free exploration with the difficulty-aware curriculum (its agent loop samples hard prompts hotter).
+train acpo_stage1 "$MODEL_PATH" "${EXPERIMENT}_stage1" "$STAGE1_DIR" "$STAGE1_STEPS" \
+    actor_rollout_ref.rollout.agent.agent_loop_config_path="$AGENT_LOOP_CONFIG" "${OVERRIDES[@]}"
 
 # 3. The last Stage-1 checkpoint as a Hugging Face folder: Stage 2's start and its KL reference.
-run python -m recipe.acpo.merge --checkpoint-dir "$STAGE1_DIR" --target-dir "$MERGED_STAGE1"
+merge "$STAGE1_DIR" "$MERGED_STAGE1"
 
 # 4. Stage 2: convergence with the K3 KL to the Stage-1 policy and confidence-weighted tokens.
-run python -m recipe.acpo.main_acpo --config-name acpo_stage2 \
-    "${COMMON[@]}" \
-    actor_rollout_ref.model.path="$MERGED_STAGE1" \
-    trainer.experiment_name="${EXPERIMENT}_stage2" \
-    trainer.default_local_dir="$STAGE2_DIR" \
-    trainer.total_training_steps="$STAGE2_STEPS" \
-    "$@"
-run python -m recipe.acpo.merge --checkpoint-dir "$STAGE2_DIR" --target-dir "$MERGED_STAGE2"
+train acpo_stage2 "$MERGED_STAGE1" "${EXPERIMENT}_stage2" "$STAGE2_DIR" "$STAGE2_STEPS" "${OVERRIDES[@]}"
+merge "$STAGE2_DIR" "$MERGED_STAGE2"
 
-# 5. Acc@k on the benchmarks (one row per benchmark and the average; markdown + JSON under $OUT_DIR/eval).
-run python -m recipe.acpo.evaluate --model "$MERGED_STAGE2" --output-dir "$OUT_DIR/eval" \
-    --name "${EXPERIMENT}_eval" "${EVAL_ARGS[@]}"
+# 5. Acc@k on the benchmarks (one row per benchmark and the average).
+evaluate_model "$MERGED_STAGE2"

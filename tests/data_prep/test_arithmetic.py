@@ -108,3 +108,20 @@ def test_parse_num_ops_rejects_nonsense(text: str) -> None:
 def test_no_validation_file_when_num_val_is_zero(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     arithmetic.main(["--output-dir", str(tmp_path), "--num-train", "3", "--num-val", "0"])
     assert sorted(path.name for path in tmp_path.iterdir()) == ["arithmetic_train.parquet"]
+
+
+def test_draw_distinct_skips_repeats_excluded_and_rejected_problems_and_names_what_ran_out() -> None:
+    from dataclasses import dataclass
+
+    from data_prep.arithmetic import draw_distinct
+    from data_prep.schema import DataError
+
+    @dataclass
+    class Drawn:
+        text: str
+
+    texts = iter(["a", "a", "b", "x", "c", "d"])
+    drawn = draw_distinct(2, lambda: Drawn(next(texts)), "letters", exclude={"b"}, accept=lambda p: p.text != "x")
+    assert [p.text for p in drawn] == ["a", "c"]
+    with pytest.raises(DataError, match="cannot draw 2 distinct letters: ask for fewer"):
+        draw_distinct(2, lambda: Drawn("same"), "letters", max_attempts=5)

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from recipe.acpo import evaluate as ev
+from recipe.acpo.validation_run import TAGGING_MANAGER_NAME
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = ("aime2024", "aime2025", "amc2023", "math500")
@@ -221,5 +222,6 @@ def test_the_scripts_evaluation_composes_as_a_validation_only_run(runs: dict[str
     assert (val_kwargs["n"], val_kwargs["do_sample"], val_kwargs["temperature"]) == (8, True, 1.0)
     assert config["actor_rollout_ref"]["rollout"]["tensor_model_parallel_size"] == 2
     assert config["data"]["val_files"] == [str(data_dir / f"{b}.parquet") for b in BENCHMARKS]
-    assert config["reward"]["reward_manager"]["name"] == ev.TAGGING_MANAGER_NAME
-    assert config["acpo_eval"]["reward_manager"]["name"] == "ACPORewardManager"
+    assert config["reward"]["reward_manager"]["name"] == TAGGING_MANAGER_NAME
+    assert config["acpo_validation"]["reward_manager"]["name"] == "ACPORewardManager"
+    assert config["acpo_validation"]["tags"] == ["data_source"]

@@ -520,11 +520,18 @@ def test_the_pre_pass_command_line_documents_itself_and_builds_verls_validation_
     command = validation_command(
         tmp_path / "d.parquet", "m", 8, 1.0, tmp_path / "g", tmp_path / "r", "acpo_cpu", ["data.val_batch_size=4"]
     )
-    assert command[-1] == "data.val_batch_size=4"  # the caller's overrides come last and win
     settings = (
         "trainer.val_only=True",
         "actor_rollout_ref.rollout.val_kwargs.n=8",
         f"data.val_files=['{tmp_path}/d.parquet']",
+        # the run's reward manager, wrapped to dump each sample's row number
+        "reward.reward_manager.name=TaggingRewardManager",
+        "+acpo_validation.reward_manager.name='ACPORewardManager'",
+        "+acpo_validation.tags=['extra_info.acpo_pass_rate_row']",
     )
     for setting in settings:
         assert setting in command
+    # the caller's overrides come after the tool's settings; only what is composed from them (the wrapped reward
+    # manager) comes later
+    assert command.index("data.val_batch_size=4") > command.index("trainer.val_only=True")
+    assert command.index("data.val_batch_size=4") < command.index("reward.reward_manager.name=TaggingRewardManager")

@@ -79,7 +79,7 @@ def test_score_is_the_accuracy_when_the_scorer_reports_no_acc_and_out_of_range_s
 
 
 def test_a_dump_without_data_source_names_the_sample_and_the_wrapper() -> None:
-    with pytest.raises(ev.EvaluationError, match=r"sample 1: no 'data_source'.*DataSourceTaggingRewardManager"):
+    with pytest.raises(ev.EvaluationError, match=r"sample 1: no 'data_source'.*TaggingRewardManager"):
         ev.compute_table([_sample("gsm", "p1", 0, 1.0), {"uid": "p1_1_0", "acc": 1.0}], k=2)
 
 
@@ -153,24 +153,18 @@ def test_verl_checkpoint_folders_resolve_to_the_latest_actor(tmp_path: Path) -> 
     actor = tmp_path / "global_step_10" / "actor"
     assert ev.find_verl_actor_checkpoint(actor) == actor
     assert ev.find_verl_actor_checkpoint(tmp_path / "global_step_10" / "actor" / "huggingface") is None
+    # a step named by verl's tracker but without an actor folder: the latest step that has one
+    (tmp_path / "global_step_12").mkdir()
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("12")
+    assert ev.find_verl_actor_checkpoint(tmp_path) == tmp_path / "global_step_10" / "actor"
 
 
-def test_tagging_manager_config_puts_the_runs_own_manager_back_in_place() -> None:
-    from omegaconf import OmegaConf
-
-    from recipe.acpo.eval_reward_manager import inner_manager_config
-
-    config = OmegaConf.create(
-        {
-            "reward": {"reward_manager": {"source": "importlib", "name": ev.TAGGING_MANAGER_NAME}},
-            "acpo_eval": {"reward_manager": {"source": "register", "name": "naive"}},
-        }
-    )
-    inner = inner_manager_config(config)
-    assert OmegaConf.to_container(inner.reward.reward_manager) == {"source": "register", "name": "naive"}
-    assert config.reward.reward_manager.name == ev.TAGGING_MANAGER_NAME  # the original is left alone
-    with pytest.raises(ValueError, match=r"needs the wrapped manager under acpo_eval\.reward_manager"):
-        inner_manager_config(OmegaConf.create({"reward": {"reward_manager": {"name": "x"}}}))
+def test_a_corrupt_checkpoint_tracker_is_named_before_anything_runs(tmp_path: Path) -> None:
+    bench = _write_benchmark(tmp_path / "b.parquet", "gsm", ["1"])
+    (tmp_path / "ckpt" / "global_step_3" / "actor").mkdir(parents=True)
+    (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").write_text("three")
+    done = _run_cli("--model", str(tmp_path / "ckpt"), "--data", str(bench), "--dry-run")
+    assert done.returncode == 2 and "latest_checkpointed_iteration.txt should hold a step number" in done.stderr
 
 
 def test_validation_command_sets_verl_validation_only_keys(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -1,7 +1,8 @@
 """Verifiable math reward (§7), split by purpose.
 
 - :mod:`recipe.acpo.reward.extract`: the final answer of a response (last ``Answer:`` line, else last ``\\boxed``).
-- :mod:`recipe.acpo.reward.verifier_pool`: math-verify in killable worker processes with per-item time limits.
+- :mod:`recipe.acpo.reward.verifier_worker`: math-verify in one worker process, each item under a time limit.
+- :mod:`recipe.acpo.reward.verifier_pool`: a killable pool of those workers, with a hard per-item deadline.
 - :mod:`recipe.acpo.reward.scorer`: :func:`compute_score` (verl's custom-reward-function hook,
   ``reward.custom_reward_function.path=pkg://recipe.acpo.reward``), the shared scorer and the step metrics.
 
@@ -20,13 +21,8 @@ from recipe.acpo.reward.scorer import (
     get_scorer,
     reward_fraction_metrics,
 )
-from recipe.acpo.reward.verifier_pool import (
-    GOLD_UNPARSABLE,
-    VerifierPool,
-    VerifierPoolError,
-    VerifyOutcome,
-    verify_answer,
-)
+from recipe.acpo.reward.verifier_pool import VerifierPool, VerifierPoolError, VerifyOutcome
+from recipe.acpo.reward.verifier_worker import GOLD_UNPARSABLE, verify_answer
 
 __all__ = [
     "GOLD_UNPARSABLE",

@@ -1,7 +1,7 @@
 """Answer extraction (§7): the final answer of a response, found cheaply in the parent process (no sympy).
 
 The answer is the last ``Answer:`` line of the response, else its last balanced ``\\boxed{...}``. Verification of
-the extracted answer lives in :mod:`recipe.acpo.reward.verifier_pool`; scoring in :mod:`recipe.acpo.reward.scorer`.
+the extracted answer lives in :mod:`recipe.acpo.reward.verifier_worker`; scoring in :mod:`recipe.acpo.reward.scorer`.
 """
 
 from __future__ import annotations

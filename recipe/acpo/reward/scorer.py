@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from recipe.acpo.reward.extract import MAX_ANSWER_CHARS, extract_answer
-from recipe.acpo.reward.verifier_pool import GOLD_UNPARSABLE, VerifierPool, VerifyOutcome
+from recipe.acpo.reward.verifier_pool import VerifierPool, VerifyOutcome
+from recipe.acpo.reward.verifier_worker import GOLD_UNPARSABLE
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,13 @@
-"""``python -m recipe.acpo.testbed {build,data} OUT_DIR``: build the testbed policy, or write its RL data files."""
+"""``python -m recipe.acpo.testbed {build,data} OUT_DIR``: the CPU testbed's policy and RL data files.
+
+``build`` trains the testbed policy (a ~0.5M-parameter Llama with its own tokenizer, fine-tuned on reference
+step-by-step solutions; deterministic for a seed; about 3 minutes on 2 cores) into a Hugging Face folder and prints
+its held-out accuracy; ``data`` writes the RL train and validation parquet files of the task (data_source
+arithmetic_steps).
+
+Example: ``python -m recipe.acpo.testbed build /tmp/testbed/policy &&
+python -m recipe.acpo.testbed data /tmp/testbed/data --num-train 512 --num-val 64``
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from data_prep.arithmetic_steps import add_task_arguments, task_spec, write_dataset
+from data_prep.cli import module_parser
 from data_prep.schema import DataError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,15 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def build_parser() -> argparse.ArgumentParser:
     from recipe.acpo.testbed.policy import PolicySpec
 
-    parser = argparse.ArgumentParser(
-        prog="python -m recipe.acpo.testbed",
-        description="The CPU testbed: 'build' trains the testbed policy (a ~0.5M-parameter Llama with its own "
-        "tokenizer, fine-tuned on reference step-by-step solutions; deterministic for a seed; about 3 minutes on 2 "
-        "cores) into a Hugging Face folder and prints its held-out accuracy; 'data' writes the RL train and "
-        "validation parquet files of the task (data_source arithmetic_steps).",
-        epilog="Example: python -m recipe.acpo.testbed build /tmp/testbed/policy && "
-        "python -m recipe.acpo.testbed data /tmp/testbed/data --num-train 512 --num-val 64",
-    )
+    parser = module_parser("recipe.acpo.testbed", __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     default = PolicySpec()
     build = commands.add_parser("build", help="train the policy into OUT_DIR (a Hugging Face model folder)")

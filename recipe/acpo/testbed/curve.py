@@ -9,11 +9,12 @@ the steps that ran validation (``trainer.test_freq``) carry ``val-core/<data_sou
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+
+from data_prep.cli import module_parser
 
 _VAL_ACC = re.compile(r"^val-core/(?P<source>[^/]+)/acc/mean@\d+$")
 
@@ -76,11 +77,7 @@ def plot_accuracy(out: str | Path, paths: Sequence[str | Path], title: str = "he
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m recipe.acpo.testbed.curve",
-        description="Plot held-out accuracy (val-core/<data_source>/acc) against training step from verl metrics "
-        "JSONL files laid end to end (e.g. Stage 1 then Stage 2).",
-    )
+    parser = module_parser("recipe.acpo.testbed.curve", __doc__)
     parser.add_argument("out", help="the PNG to write")
     parser.add_argument("metrics", nargs="+", help="verl metrics JSONL files, in training order")
     parser.add_argument("--title", default="held-out accuracy", help="plot title")
