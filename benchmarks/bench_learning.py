@@ -377,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--test-freq", type=int, default=4, help="validate every N steps (and at each stage's end)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per step")
     parser.add_argument("--rollout-n", type=int, default=8, help="responses per prompt")
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--train-size", type=int, default=1024)
     parser.add_argument("--val-size", type=int, default=128, help="fixed held-out problems")
     parser.add_argument("--val-n", type=int, default=1, help="samples per held-out problem (temperature 1.0)")

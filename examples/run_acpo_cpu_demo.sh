@@ -12,7 +12,7 @@
 #   DEMO_DIR     where models, data, logs, checkpoints and results go [<repo>/outputs/acpo_cpu_demo]
 #   DEMO_STAGE1_STEPS, DEMO_STAGE2_STEPS   training steps per stage [testbed: 16, 8; others: 3, 2]
 #   DEMO_BATCH_SIZE    prompts per step [8 | 2]      DEMO_ROLLOUT_N   responses per prompt [8 | 4]
-#   DEMO_MAX_RESPONSE_LENGTH  tokens [80 | 64]       DEMO_LR          learning rate [5e-4 | 2e-6]
+#   DEMO_MAX_RESPONSE_LENGTH  tokens [80 | 64]       DEMO_LR          learning rate [1e-4 | 2e-6]
 #   DEMO_TRAIN_SIZE, DEMO_EVAL_SIZE   problems [1024, 128 | 128, 16]   DEMO_NUM_OPS  operations per problem [2-3 | 1-2]
 #   DEMO_EVAL_K        samples per problem for Acc@k [4 | 2]     DEMO_EVAL_TEMPERATURE [1.0]
 #   DEMO_TEST_FREQ     validate on the held-out set every N steps (the accuracy curve) [4 | -1]
@@ -31,7 +31,7 @@ case "$DEMO_MODEL" in
     testbed)
         DATA_SOURCE=arithmetic_steps CONFIG_PREFIX=acpo_cpu_testbed
         : "${DEMO_STAGE1_STEPS:=16}" "${DEMO_STAGE2_STEPS:=8}" "${DEMO_BATCH_SIZE:=8}" "${DEMO_ROLLOUT_N:=8}"
-        : "${DEMO_MAX_PROMPT_LENGTH:=64}" "${DEMO_MAX_RESPONSE_LENGTH:=80}" "${DEMO_LR:=5e-4}"
+        : "${DEMO_MAX_PROMPT_LENGTH:=64}" "${DEMO_MAX_RESPONSE_LENGTH:=80}" "${DEMO_LR:=1e-4}"
         : "${DEMO_TRAIN_SIZE:=1024}" "${DEMO_EVAL_SIZE:=128}" "${DEMO_NUM_OPS:=2-3}" "${DEMO_EVAL_K:=4}"
         : "${DEMO_TEST_FREQ:=4}"
         ;;
