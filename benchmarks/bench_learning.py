@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -51,7 +52,8 @@ GRPO_STAGE2_KL = (
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value; NaN, NaN for none)."""
+    """Mean and sample standard deviation of the values that are numbers (0 for one; NaN, NaN for none)."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return float("nan"), float("nan")
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
@@ -97,9 +99,15 @@ def hit_stats(records: Iterable[dict]) -> dict:
     hits = total = 0
     chance = 0.0
     a_attr_on_slip: list[float] = []
+    correct = correct_with_slip = 0
     for record in records:
         steps = record.get("steps") or []
-        if record.get("correct") or len(steps) < 1:
+        if record.get("correct"):
+            # A right answer reached through a wrong equation: outcome reward credits the slip too.
+            correct += 1
+            correct_with_slip += check_steps("".join(record.get("tokens") or [])).first_wrong is not None
+            continue
+        if len(steps) < 1:
             continue
         k = slip_step(record)
         if k is None:
@@ -119,6 +127,8 @@ def hit_stats(records: Iterable[dict]) -> dict:
         "a_attr_on_slip_negative_frac": (
             sum(v < 0 for v in a_attr_on_slip) / len(a_attr_on_slip) if a_attr_on_slip else float("nan")
         ),
+        "correct_responses": correct,
+        "correct_with_wrong_step_frac": correct_with_slip / correct if correct else float("nan"),
     }
 
 
@@ -162,6 +172,9 @@ def summarize(runs: Sequence[dict]) -> dict:
                 entry[f"hit_{phase}"] = mean_std([h[phase]["hit_rate"] for h in hits])
                 entry[f"chance_{phase}"] = mean_std([h[phase]["chance"] for h in hits])
                 entry[f"a_attr_slip_{phase}"] = mean_std([h[phase]["a_attr_on_slip_mean"] for h in hits])
+                entry[f"lucky_{phase}"] = mean_std(
+                    [h[phase].get("correct_with_wrong_step_frac", float("nan")) for h in hits]
+                )
         summary[arm] = entry
     return summary
 
@@ -194,8 +207,19 @@ def format_table(summary: dict) -> str:
                 else "-"
             )
         rows.append((f"argmin-C hit {phase} (%)", cells))
+    for phase in ("early", "late"):
+        cells = [
+            "{:+.2f} ± {:.2f}".format(*summary[a][f"a_attr_slip_{phase}"])
+            if f"a_attr_slip_{phase}" in summary[a]
+            else "-"
+            for a in arms
+        ]
+        rows.append((f"A_attr on slip {phase}", cells))
+    for phase in ("early", "late"):
+        cells = [_pm(summary[a][f"lucky_{phase}"]) if f"lucky_{phase}" in summary[a] else "-" for a in arms]
+        rows.append((f"right w/ wrong step {phase} (%)", cells))
     width = max(len(c) for _, cells in rows for c in cells) + 2
-    return "\n".join(f"{label:<22}" + "".join(f"{c:>{width}}" for c in cells) for label, cells in rows)
+    return "\n".join(f"{label:<30}" + "".join(f"{c:>{width}}" for c in cells) for label, cells in rows)
 
 
 def plot(runs: Sequence[dict], out: Path, stage1_steps: int | None = None) -> Path:
@@ -314,6 +338,13 @@ def stage_command(arm: str, stage: int, model: Path, run_dir: Path, steps: int, 
     return [sys.executable, "-m", "recipe.acpo.main_acpo", "--config-name", config, *overrides]
 
 
+def run_dumps(run_dir: Path) -> list[Path]:
+    """A run's step dumps in training order (Stage 1, then Stage 2)."""
+    return [
+        f for stage in (1, 2) for f in sorted((run_dir / f"stage{stage}" / "checkpoints" / "acpo_dump").glob("*.jsonl"))
+    ]
+
+
 def run_one(arm: str, seed: int, work: Path, policy: Path, train: Path, val: Path, args, start: float) -> dict:
     run_dir = work / "runs" / f"{arm}_seed{seed}"
     if run_dir.exists():
@@ -345,9 +376,7 @@ def run_one(arm: str, seed: int, work: Path, policy: Path, train: Path, val: Pat
                 env,
             )
     points = accuracy_points(metrics).get("arithmetic_steps", [])
-    dumps = [
-        f for stage in (1, 2) for f in sorted((run_dir / f"stage{stage}" / "checkpoints" / "acpo_dump").glob("*.jsonl"))
-    ]
+    dumps = run_dumps(run_dir)
     result = {
         "arm": arm,
         "seed": seed,
@@ -404,6 +433,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 _log(start, f"{arm} seed {seed}: done in {result['wall_s']:.0f}s, final accuracy {end_acc:.1f}%")
     runs = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*_seed*.json"))]
     runs = [r for r in runs if r["arm"] in args.arms and r["seed"] in args.seeds]
+    for r in runs:  # the analysis may be newer than the run: recount from the dumps that are still there
+        dumps = run_dumps(work / "runs" / f"{r['arm']}_seed{r['seed']}")
+        if dumps:
+            r["hit_rates"] = dump_hit_rates(dumps)
     if not runs:
         print("no finished runs")
         return

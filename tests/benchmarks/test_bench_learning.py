@@ -51,8 +51,11 @@ def test_hit_stats_against_chance() -> None:
     hit = _record(WRONG_SECOND, [0.1, -0.5, 0.0, 0.2], a_attr=[0.0, -0.3, 0.0, 0.0])  # argmin C = step 1 = slip
     miss = _record(WRONG_SECOND, [-0.9, -0.5, 0.0, 0.2], a_attr=[0.0, 0.1, 0.0, 0.0])  # argmin C = step 0
     two_steps = _record(WRONG_SECOND[:2], [0.3, -0.1])  # slip in step 1 of 2, a hit
-    correct = _record(["First, 3 + 4 = 7.\n", "Answer: 7"], [0.0, 1.0], correct=True)  # ignored
-    stats = bench.hit_stats([hit, miss, two_steps, correct])
+    correct = _record(["First, 3 + 4 = 7.\n", "Answer: 7"], [0.0, 1.0], correct=True)  # no hit to count
+    lucky = _record(["First, 3 + 4 = 8.\n", "Then, 8 - 1 = 6.\n", "Answer: 6"], [0.0, 0.5, 1.0], correct=True)
+    stats = bench.hit_stats([hit, miss, two_steps, correct, lucky])
+    assert stats["correct_responses"] == 2
+    assert stats["correct_with_wrong_step_frac"] == pytest.approx(1 / 2)
     assert stats["responses"] == 3
     assert stats["hit_rate"] == pytest.approx(2 / 3)
     assert stats["chance"] == pytest.approx((1 / 4 + 1 / 4 + 1 / 2) / 3)
