@@ -1,0 +1,194 @@
+"""Every check of a run's config that can fail before Ray starts, each stopping with a message that names the key or
+file at fault (``recipe.acpo.main_acpo.prepare`` runs them in order):
+
+- the ``acpo:`` block (``acpo_core.config.ACPOConfig``);
+- the train and validation parquets (``data_prep.schema.check_data_files``: missing file, no ``prompt``, no
+  ``reward_model.ground_truth``, unparsable answers ...);
+- the model path (a local Hugging Face folder, or a hub id unless ``HF_HUB_OFFLINE`` is set);
+- ``trainer.device=cpu`` without the CPU preset, or the CPU rollout on a GPU run; the synchronous V1 trainer;
+- the micro-batch sizes, each of which must divide the batch a worker splits into micro-batches;
+- the reward manager (imported here once, so a typo fails now rather than in a Ray worker).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from acpo_core.config import ACPOConfig, ACPOConfigError
+from recipe.acpo.checkpoints import missing_model_files
+
+CPU_PRESET = "acpo_cpu"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class SetupError(ValueError):
+    """The run cannot start: the message names the file or config key at fault."""
+
+
+def check_acpo_block(config: DictConfig) -> ACPOConfig:
+    """The validated ``acpo:`` block (spec defaults for missing keys)."""
+    try:
+        return ACPOConfig.from_dict(config.get("acpo"))
+    except ACPOConfigError as err:
+        raise SetupError(str(err)) from err
+
+
+def _as_paths(value: Any, key: str) -> list[str]:
+    if value is None:
+        raise SetupError(f"{key} is not set: give one parquet file or a list of them")
+    paths = list(value) if isinstance(value, ListConfig | list | tuple) else [value]
+    if not paths:
+        raise SetupError(f"{key} is empty: give one parquet file or a list of them")
+    return [os.path.expanduser(str(path)) for path in paths]
+
+
+def check_data_files(config: DictConfig) -> None:
+    """Every train and validation parquet exists and is in verl's schema with a parsable ground truth per row."""
+    from data_prep.schema import DataError
+    from data_prep.schema import check_data_files as check_files
+
+    paths = _as_paths(config.data.train_files, "data.train_files") + _as_paths(config.data.val_files, "data.val_files")
+    try:
+        check_files(paths)
+    except DataError as err:
+        raise SetupError(str(err)) from err
+
+
+def check_model_path(config: DictConfig) -> None:
+    """``actor_rollout_ref.model.path`` is a Hugging Face folder (``config.json`` and tokenizer files) or a hub id."""
+    key = "actor_rollout_ref.model.path"
+    raw = config.actor_rollout_ref.model.get("path")
+    if not raw:
+        raise SetupError(f"{key} is not set")
+    path = Path(os.path.expanduser(str(raw)))
+    if path.exists():
+        if not path.is_dir():
+            raise SetupError(f"{key}={raw}: a file, not a Hugging Face model folder")
+        tokenizer_folder = Path(os.path.expanduser(str(config.actor_rollout_ref.model.get("tokenizer_path") or path)))
+        missing = missing_model_files(path, weights=False, tokenizer_folder=tokenizer_folder)
+        if missing:
+            raise SetupError(f"{key}={raw}: not a Hugging Face model folder, it lacks {' and '.join(missing)}")
+        return
+    if "://" in str(raw):
+        return  # hdfs:// and similar are fetched by verl's copy_to_local
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if _HUB_ID.match(str(raw)) and not offline:
+        return  # a hub id: transformers downloads it
+    raise SetupError(
+        f"{key}={raw}: no such folder"
+        + (" (HF_HUB_OFFLINE is set, so it cannot be a hub id either)" if offline and _HUB_ID.match(str(raw)) else "")
+    )
+
+
+# Settings without which verl 0.9.1 fails or hangs on the CPU (acpo_cpu.yaml sets all of them): key -> (test, need).
+_CPU_REQUIREMENTS: dict[str, tuple[Any, str]] = {
+    "actor_rollout_ref.rollout.name": (lambda v: v == "cpu", "cpu"),
+    "actor_rollout_ref.actor.strategy": (lambda v: v == "fsdp2", "fsdp2 (FSDP1 does not run on the CPU)"),
+    "actor_rollout_ref.model.use_remove_padding": (lambda v: v is False, "false (no flash-attn on the CPU)"),
+    "actor_rollout_ref.model.override_config.attn_implementation": (
+        lambda v: v in ("sdpa", "eager"),
+        "sdpa or eager (verl defaults to flash_attention_2)",
+    ),
+    "actor_rollout_ref.rollout.tensor_model_parallel_size": (lambda v: v == 1, "1"),
+    "ray_kwargs.ray_init.num_gpus": (
+        lambda v: v is not None and v >= 1,
+        ">= trainer.n_gpus_per_node (verl asks Ray for a GPU slot per training worker)",
+    ),
+    "ray_kwargs.ray_init.num_cpus": (
+        lambda v: v is not None,
+        "set (verl's actors need more CPU slots than a small machine detects; the run would hang)",
+    ),
+}
+
+
+def check_device(config: DictConfig) -> bool:
+    """Whether this is a CPU run; a CPU run must carry the CPU preset's settings, a GPU run must not use them."""
+    device = config.trainer.get("device")
+    rollout_name = config.actor_rollout_ref.rollout.get("name")
+    if device != "cpu":
+        if rollout_name == "cpu":
+            raise SetupError(
+                f"actor_rollout_ref.rollout.name=cpu needs trainer.device=cpu (got trainer.device={device}); "
+                f"use --config-name {CPU_PRESET}"
+            )
+        return False
+    wrong = []
+    for key, (test, need) in _CPU_REQUIREMENTS.items():
+        value = OmegaConf.select(config, key, default=None)
+        if not test(value):
+            wrong.append(f"{key}={value} (needs {need})")
+    gpus = OmegaConf.select(config, "ray_kwargs.ray_init.num_gpus", default=None) or 0
+    workers = config.trainer.n_gpus_per_node * config.trainer.nnodes
+    if not wrong and gpus < workers:
+        wrong.append(f"ray_kwargs.ray_init.num_gpus={gpus} (needs >= trainer.n_gpus_per_node * nnodes = {workers})")
+    if wrong:
+        raise SetupError(
+            f"trainer.device=cpu needs the CPU preset: run with --config-name {CPU_PRESET}. "
+            "These settings do not fit a CPU run: " + "; ".join(wrong)
+        )
+    return True
+
+
+def check_trainer_mode(config: DictConfig) -> None:
+    if not config.trainer.get("use_v1", True):
+        raise SetupError("trainer.use_v1=false: the ACPO recipe runs on verl's V1 trainer only")
+    mode = config.trainer.v1.trainer_mode
+    if mode != "sync":
+        raise SetupError(f"trainer.v1.trainer_mode={mode}: the ACPO recipe runs the synchronous trainer only (sync)")
+
+
+# (micro-batch key, whether it splits a mini-batch of the update rather than the whole step's batch)
+_MICRO_BATCH_KEYS: tuple[tuple[str, bool], ...] = (
+    ("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", True),
+    ("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu", False),
+    ("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu", False),
+)
+
+
+def check_micro_batch_sizes(config: DictConfig, use_reference_policy: bool) -> None:
+    """Each fixed micro-batch size divides the batch a worker splits, or the run stops here rather than mid-step.
+
+    Without dynamic batch sizes, verl asserts (in ``prepare_micro_batches``, after rollout) that a worker's batch
+    divides into whole micro-batches: the step's ``train_batch_size * rollout.n`` responses for the log-prob passes,
+    ``ppo_mini_batch_size * rollout.n`` for the update, each spread over the training workers.
+    """
+    n = config.actor_rollout_ref.rollout.n
+    workers = config.trainer.n_gpus_per_node * config.trainer.nnodes
+    batches = {False: config.data.train_batch_size * n, True: config.actor_rollout_ref.actor.ppo_mini_batch_size * n}
+    wrong = []
+    for key, splits_mini_batch in _MICRO_BATCH_KEYS:
+        role = key.split(".")[1]
+        if key.startswith("actor_rollout_ref.ref.") and not use_reference_policy:
+            continue
+        if OmegaConf.select(config, f"actor_rollout_ref.{role}.use_dynamic_bsz", default=False) or OmegaConf.select(
+            config, f"actor_rollout_ref.{role}.log_prob_use_dynamic_bsz", default=False
+        ):
+            continue
+        size = OmegaConf.select(config, key, default=None)
+        per_worker = batches[splits_mini_batch] // workers
+        if size is not None and (size < 1 or per_worker % size):
+            batch = "ppo_mini_batch_size" if splits_mini_batch else "data.train_batch_size"
+            wrong.append(
+                f"{key}={size} does not divide the {per_worker} responses per worker "
+                f"({batch} x rollout.n={n} / {workers} workers)"
+            )
+    if wrong:
+        raise SetupError("; ".join(wrong) + ". Set each to a divisor (1 always works).")
+
+
+def check_reward_manager(config: DictConfig) -> None:
+    from verl.trainer.ppo.reward import resolve_reward_manager_cls
+
+    try:
+        resolve_reward_manager_cls(config)
+    except (ImportError, AttributeError, ValueError, AssertionError) as err:
+        manager = config.reward.reward_manager
+        raise SetupError(
+            f"reward.reward_manager (source={manager.source}, name={manager.name}, "
+            f"module.path={manager.module.path}) cannot be loaded: {err}"
+        ) from err
