@@ -234,7 +234,12 @@ print(f"  change:          {gain:+6.2f} points (one sample of {samples} is {100 
 if demo_model != "testbed":
     print(
         "  (on a set this small, and after a few steps, a change of a few points is noise; this model shows the"
-        " whole pipeline at work, not the method's gain: the testbed, DEMO_MODEL=testbed, is where RL learns)"
+        " whole pipeline at work, not the method's gain)"
+    )
+else:
+    print(
+        "  (measured on this testbed, neither ACPO nor GRPO raises accuracy within a CPU budget: docs/learning.md"
+        " has the comparison, a verl-free control and the diagnosis)"
     )
 
 columns = [

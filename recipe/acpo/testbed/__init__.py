@@ -1,4 +1,6 @@
-"""The CPU testbed where RL visibly learns: verifiable multi-step arithmetic and a small warm-started policy.
+"""The CPU testbed: verifiable multi-step arithmetic and a small warm-started policy.
+
+What RL does on it, measured: docs/learning.md.
 
 - the task and its data files: ``data_prep.arithmetic_steps`` (data_source ``arithmetic_steps``), its step checker
   ``data_prep.step_check``;
