@@ -3,7 +3,9 @@
 Real Ray, verl, CPU rollout, reward and merge: the testbed policy build (a few fine-tuning steps of a very small
 model), evaluation before, Stage 1 with validation, merge, Stage 2, evaluation of the last Stage-2 checkpoint (merged
 by the evaluation tool), the accuracy plot and the printed summary. The install step is skipped
-(DEMO_SKIP_INSTALL=1): CI has already installed the project.
+(DEMO_SKIP_INSTALL=1): CI has already installed the project. This is also the test that a built testbed policy
+loads in the CPU preset with the testbed configs and trains a step in each stage (its policy solves no problem,
+so its groups carry no outcome advantage: the step runs, but nothing here can check that it learns).
 """
 
 from __future__ import annotations
