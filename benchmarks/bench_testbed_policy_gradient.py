@@ -106,6 +106,13 @@ def policy_gradient_step(
     return float(grad_norm)
 
 
+def build_optimizer(model: Any, name: str, lr: float) -> torch.optim.Optimizer:
+    """verl's actor optimiser by name (``actor_rollout_ref.actor.optim.optimizer``) with its default weight decay."""
+    if name == "SGD":
+        return torch.optim.SGD(model.parameters(), lr=lr, weight_decay=0.01)
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+
+
 def run_direction(direction: str, args: argparse.Namespace, train: list[StepProblem], val: list[StepProblem]) -> dict:
     """Train a fresh copy of the policy in one direction; held-out accuracy every ``--eval-every`` steps."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -113,7 +120,7 @@ def run_direction(direction: str, args: argparse.Namespace, train: list[StepProb
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.policy)
     model = AutoModelForCausalLM.from_pretrained(args.policy, dtype=torch.float32)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    optimizer = build_optimizer(model, args.optimizer, args.lr)
     points = [(0, held_out_accuracy(model, tokenizer, val, args.eval_samples))]
     train_rewards = []
     began = time.monotonic()
@@ -149,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--policy", type=Path, required=True, help="a built testbed policy folder")
     parser.add_argument("--directions", nargs="+", choices=DIRECTIONS, default=list(DIRECTIONS))
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--optimizer", choices=("AdamW", "SGD"), default="AdamW")
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per step")
     parser.add_argument("--rollout-n", type=int, default=8, help="responses per prompt")

@@ -46,6 +46,11 @@ Pool = Literal["policy", "rl"]
 _POLICY_POOL_BUCKETS = 64
 
 
+def apply_operation(value: int, kind: str, operand: int) -> int | None:
+    """``value`` after the operation ``(kind, operand)``; None for a division that is not exact."""
+    return evaluate(value, _SYMBOLS[kind], operand)
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """The difficulty knobs: operations per problem, the start/operand ranges, the value ceiling, the operations."""
@@ -84,7 +89,7 @@ class StepProblem:
         """The start value and every intermediate result, the last being the answer."""
         values = [self.start]
         for kind, operand in self.operations:
-            result = evaluate(values[-1], _SYMBOLS[kind], operand)
+            result = apply_operation(values[-1], kind, operand)
             assert result is not None, f"inexact division in {self.operations}"
             values.append(result)
         return values
@@ -96,16 +101,30 @@ class StepProblem:
     @property
     def solution(self) -> str:
         """The reference response: one ``a OP b = c.`` line per operation, then ``Answer: N``."""
-        values = self.values
-        lines = [
-            f"{'First' if n == 0 else 'Then'}, {values[n]} {_SYMBOLS[kind]} {operand} = {values[n + 1]}."
-            for n, (kind, operand) in enumerate(self.operations)
-        ]
-        return "\n".join([*lines, f"Answer: {values[-1]}"])
+        return render_solution(self, self.values[1:])
 
     @property
     def prompt(self) -> str:
         return render_prompt(self.text)
+
+
+def render_solution(problem: StepProblem, results: Sequence[int], leads: Sequence[str] | None = None) -> str:
+    """A response to ``problem`` that writes ``results[n]`` as the result of operation ``n``, chaining each line
+    from the result written before it, then ``Answer:`` the last result.
+
+    ``leads``: each line's first word (default ``First`` then ``Then``). The reference solution passes the true
+    results; a demonstration with a slip (``recipe.acpo.testbed.demonstrations``) passes a wrong one, and every later
+    line and the answer follow from it.
+    """
+    if len(results) != len(problem.operations):
+        raise ValueError(f"{len(results)} results for {len(problem.operations)} operations")
+    leads = leads or ["First" if n == 0 else "Then" for n in range(len(results))]
+    lefts = [problem.start, *results[:-1]]
+    lines = [
+        f"{lead}, {left} {_SYMBOLS[kind]} {operand} = {result}."
+        for lead, left, (kind, operand), result in zip(leads, lefts, problem.operations, results)
+    ]
+    return "\n".join([*lines, f"Answer: {results[-1]}"])
 
 
 def render_prompt(problem: str) -> str:
@@ -141,7 +160,7 @@ def make_problem(rng: random.Random, spec: TaskSpec) -> StepProblem:
         else:
             operand = rng.choice(divisors)
         operations.append((kind, operand))
-        value = evaluate(value, _SYMBOLS[kind], operand)  # type: ignore[assignment]
+        value = apply_operation(value, kind, operand)  # type: ignore[assignment]
     return StepProblem(start=start, operations=tuple(operations))
 
 

@@ -82,3 +82,10 @@ def test_the_command_line_helps_and_writes_data(tmp_path: Path) -> None:
     subprocess.run([*run, "data", str(tmp_path), "--num-train", "8", "--num-val", "2"], check=True)
     assert (tmp_path / "arithmetic_steps_train.parquet").is_file()
     assert (tmp_path / "arithmetic_steps_val.parquet").is_file()
+
+
+def test_the_command_line_refuses_a_rate_outside_zero_one(tmp_path: Path) -> None:
+    run = [sys.executable, "-m", "recipe.acpo.testbed", "build", str(tmp_path / "policy"), "--slip-rate", "1.5"]
+    result = subprocess.run(run, capture_output=True, text=True)
+    assert result.returncode == 2 and "--slip-rate must lie in [0, 1], got 1.5" in result.stderr
+    assert not (tmp_path / "policy").exists()

@@ -1,9 +1,9 @@
 """``python -m recipe.acpo.testbed {build,data} OUT_DIR``: the CPU testbed's policy and RL data files.
 
-``build`` trains the testbed policy (a ~0.5M-parameter Llama with its own tokenizer, fine-tuned on reference
-step-by-step solutions; deterministic for a seed; about 3 minutes on 2 cores) into a Hugging Face folder and prints
-its held-out accuracy; ``data`` writes the RL train and validation parquet files of the task (data_source
-arithmetic_steps).
+``build`` trains the testbed policy (a ~0.5M-parameter Llama with its own tokenizer, fine-tuned on step-by-step
+solutions some of whose lines are hasty and slip; deterministic for a seed; about 3 minutes on 2 cores) into a
+Hugging Face folder and prints its held-out accuracy; ``data`` writes the RL train and validation parquet files of
+the task (data_source arithmetic_steps).
 
 Example: ``python -m recipe.acpo.testbed build /tmp/testbed/policy &&
 python -m recipe.acpo.testbed data /tmp/testbed/data --num-train 512 --num-val 64``
@@ -33,6 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("out_dir", help="folder to write (created if missing)")
     build.add_argument("--seed", type=int, default=0, help="seed of the problems, tokenizer, weights and order")
     build.add_argument("--sft-steps", type=int, default=default.sft_steps, help="fine-tuning steps (%(default)s)")
+    build.add_argument(
+        "--hasty-rate",
+        type=float,
+        default=default.hasty_rate,
+        help="share of the demonstrations' lines written hastily (%(default)s; 0: reference solutions only)",
+    )
+    build.add_argument(
+        "--slip-rate",
+        type=float,
+        default=default.slip_rate,
+        help="share of hasty lines whose result is off by 1 or 2 (%(default)s)",
+    )
     build.add_argument("--hidden-size", type=int, default=default.hidden_size, help="model width (%(default)s)")
     build.add_argument("--num-layers", type=int, default=default.num_layers, help="model depth (%(default)s)")
     build.add_argument(
@@ -56,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    for rate in ("hasty_rate", "slip_rate"):
+        if args.command == "build" and not 0.0 <= getattr(args, rate) <= 1.0:
+            parser.error(f"--{rate.replace('_', '-')} must lie in [0, 1], got {getattr(args, rate)}")
     try:
         task = task_spec(args)
         if args.command == "data":
@@ -65,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         policy = replace(
             PolicySpec(),
             sft_steps=args.sft_steps,
+            hasty_rate=args.hasty_rate,
+            slip_rate=args.slip_rate,
             hidden_size=args.hidden_size,
             num_layers=args.num_layers,
             eval_problems=args.eval_problems,

@@ -1,12 +1,14 @@
-"""Build the testbed policy offline: a ~0.5M-parameter Llama fine-tuned on the testbed task's reference solutions.
+"""Build the testbed policy offline: a ~0.5M-parameter Llama fine-tuned on demonstrations of the testbed task.
 
 ``build_policy(out_dir, seed)`` draws fine-tuning problems from the task's ``policy`` pool
-(``data_prep.arithmetic_steps``; the RL train and validation files use the other pool), trains the tokenizer on them
-(``recipe.acpo.testbed.tokenizer``), trains a small Llama by supervised fine-tuning on exactly what an RL response
-should be (the chat-templated prompt, then the steps, ``Answer: N`` and the end-of-sequence token, with the loss on
-the response only), measures its accuracy on held-out ``rl``-pool problems by sampling, and saves an ordinary
-Hugging Face folder. Everything is seeded and single-order (fixed thread count, deterministic algorithms), so the
-same arguments give bit-identical weights on the same machine and torch build.
+(``data_prep.arithmetic_steps``; the RL train and validation files use the other pool), writes a demonstration of
+each (its reference steps, some lines written hastily and some of those with a slip:
+``recipe.acpo.testbed.demonstrations``), trains the tokenizer on them (``recipe.acpo.testbed.tokenizer``), trains a
+small Llama by supervised fine-tuning on what an RL response looks like (the chat-templated prompt, then the steps,
+``Answer: N`` and the end-of-sequence token, with the loss on the response only), measures its accuracy on held-out
+``rl``-pool problems by sampling, and saves an ordinary Hugging Face folder. Everything is seeded and single-order
+(fixed thread count, deterministic algorithms), so the same arguments give bit-identical weights on the same machine
+and torch build.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from data_prep.arithmetic_steps import StepProblem, TaskSpec, generate
 from data_prep.step_check import check_steps
+from recipe.acpo.testbed.demonstrations import demonstration, hasty_line_share
 from recipe.acpo.testbed.tokenizer import train_tokenizer
 
 _ANSWER = re.compile(r"^\s*Answer:\s*(-?\d+)\s*$", re.MULTILINE)
@@ -38,7 +41,7 @@ class PolicySpec:
     num_heads: int = 4
     max_position_embeddings: int = 256
     sft_problems: int = 12_000
-    sft_steps: int = 400
+    sft_steps: int = 1200
     batch_size: int = 32
     lr: float = 5e-3
     warmup_steps: int = 50
@@ -46,6 +49,9 @@ class PolicySpec:
     eval_problems: int = 256
     num_threads: int = 2
     split_digits: bool = False
+    # The demonstrations' hasty lines and their slips (recipe.acpo.testbed.demonstrations).
+    hasty_rate: float = 0.4
+    slip_rate: float = 0.5
 
 
 @dataclass
@@ -61,6 +67,7 @@ class BuildReport:
     greedy_accuracy: float
     sampled_accuracy: float
     sampled_unparsable: int
+    sampled_hasty_line_share: float
     sampled_first_wrong_step: dict[str, int] = field(default_factory=dict)
     task: dict[str, Any] = field(default_factory=dict)
     policy: dict[str, Any] = field(default_factory=dict)
@@ -89,15 +96,17 @@ def answer_of(response: str) -> int | None:
     return int(found[-1]) if found else None
 
 
-def _encode(tokenizer: Any, problems: Sequence[StepProblem]) -> tuple[list[list[int]], list[int]]:
+def _encode(
+    tokenizer: Any, problems: Sequence[StepProblem], responses: Sequence[str]
+) -> tuple[list[list[int]], list[int]]:
     """Per problem: prompt + response token ids, and the prompt's length (the response is the loss target)."""
     sequences, prompt_lengths = [], []
-    for problem in problems:
+    for problem, response in zip(problems, responses, strict=True):
         prompt = tokenizer.apply_chat_template(
             [{"role": "user", "content": problem.prompt}], add_generation_prompt=True, tokenize=False
         )
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        response_ids = tokenizer(problem.solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         sequences.append(prompt_ids + response_ids)
         prompt_lengths.append(len(prompt_ids))
     return sequences, prompt_lengths
@@ -180,13 +189,14 @@ def build_policy(
     torch.use_deterministic_algorithms(True)
     problems = generate(policy.sft_problems, task, seed=seed, pool="policy")
     held_out = generate(policy.eval_problems, task, seed=seed + 1_000_003, pool="rl")
+    demonstrations = [demonstration(p, policy.hasty_rate, policy.slip_rate, seed) for p in problems]
     tokenizer = train_tokenizer(
-        [text for p in problems for text in (p.prompt, p.solution)],
+        [text for p, response in zip(problems, demonstrations) for text in (p.prompt, response)],
         policy.vocab_size,
         policy.max_position_embeddings,
         policy.split_digits,
     )
-    sequences, prompt_lengths = _encode(tokenizer, problems)
+    sequences, prompt_lengths = _encode(tokenizer, problems, demonstrations)
     log(
         f"tokenizer: {len(tokenizer)} tokens; {len(problems)} fine-tuning problems, "
         f"{max(map(len, sequences))} tokens at most"
@@ -249,7 +259,7 @@ def build_policy(
 
     # Measured with the tokenizer as verl will load it from the folder, not the in-memory one.
     saved_tokenizer = AutoTokenizer.from_pretrained(out)
-    if _encode(saved_tokenizer, problems[:64])[0] != sequences[:64]:
+    if _encode(saved_tokenizer, problems[:64], demonstrations[:64])[0] != sequences[:64]:
         raise RuntimeError(f"{out}: AutoTokenizer does not give the ids the policy was trained on")
     model.eval()
     prompts = [p.prompt for p in held_out]
@@ -266,6 +276,7 @@ def build_policy(
         greedy_accuracy=greedy,
         sampled_accuracy=sampled,
         sampled_unparsable=unparsable,
+        sampled_hasty_line_share=round(hasty_line_share(sampled_responses), 4),
         sampled_first_wrong_step=first_wrong,
         task=asdict(task),
         policy=asdict(policy),
@@ -273,7 +284,8 @@ def build_policy(
     (out / REPORT_FILE).write_text(json.dumps(asdict(report), indent=1) + "\n", encoding="utf-8")
     log(
         f"held-out accuracy on {len(held_out)} problems: greedy {100 * greedy:.1f}%, temperature 1.0 "
-        f"{100 * sampled:.1f}%; wrong sampled responses by first wrong step {first_wrong} "
+        f"{100 * sampled:.1f}% ({100 * report.sampled_hasty_line_share:.0f}% of its lines hasty); "
+        f"wrong sampled responses by first wrong step {first_wrong} "
         f"({unparsable} unparsable); {time.monotonic() - started:.0f}s in all"
     )
     log(f"example (temperature 1.0): {held_out[0].prompt!r} -> {sampled_responses[0]!r}")
