@@ -15,7 +15,7 @@ policy with the same prompts and seed:
 If ``grpo`` does no better than ``noise`` while ``negated`` falls fast, the gradient has the right sign and the
 policy moves, but a step of this size and batch cannot find a better policy: the task, not the pipeline.
 
-    python benchmarks/bench_testbed_policy_gradient.py --policy outputs/acpo_cpu_demo/models/testbed --lr 1e-4
+    python benchmarks/bench_testbed_policy_gradient.py --policy outputs/acpo_cpu_demo/models/testbed --lr 2e-4
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import torch
 
 from acpo_core.baseline import grpo_outcome_advantage
 from data_prep.arithmetic_steps import StepProblem, TaskSpec, generate
+from recipe.acpo.testbed.demonstrations import hasty_line_share, is_hasty_line
 from recipe.acpo.testbed.policy import answer_of, sample_responses
 
 DIRECTIONS = ("grpo", "negated", "noise")
@@ -38,14 +39,37 @@ DIRECTIONS = ("grpo", "negated", "noise")
 HELD_OUT_SEED = 1_000_003
 
 
-def held_out_accuracy(model: Any, tokenizer: Any, problems: Sequence[StepProblem], samples: int) -> float:
-    """Accuracy at temperature 1 over ``samples`` responses to each problem."""
+def held_out_breakdown(responses: Sequence[str], problems: Sequence[StepProblem]) -> dict[str, float]:
+    """Accuracy of ``responses`` (``len(problems) * k``, problem-major per sample round) and where it comes from.
+
+    Besides the accuracy: the share of equation lines that are hasty, the share of responses with at least one hasty
+    line, and the accuracy of the responses with and without one (NaN where there are none). If the policy's cost
+    were its hasty lines alone, responses without one would be nearly always right.
+    """
+    expected = [problems[i % len(problems)].answer for i in range(len(responses))]
+    right = [answer_of(r) == answer for r, answer in zip(responses, expected)]
+    hasty = [any(map(is_hasty_line, r.splitlines())) for r in responses]
+
+    def accuracy_where(flag: bool) -> float:
+        picked = [ok for ok, h in zip(right, hasty) if h == flag]
+        return sum(picked) / len(picked) if picked else float("nan")
+
+    return {
+        "accuracy": sum(right) / len(right),
+        "hasty_line_share": hasty_line_share(list(responses)),
+        "responses_with_hasty_line": sum(hasty) / len(hasty),
+        "accuracy_with_hasty_line": accuracy_where(True),
+        "accuracy_without_hasty_line": accuracy_where(False),
+    }
+
+
+def held_out_evaluation(model: Any, tokenizer: Any, problems: Sequence[StepProblem], samples: int) -> dict[str, float]:
+    """``held_out_breakdown`` of ``samples`` responses to each problem at temperature 1."""
     model.eval()
-    right = 0
+    responses: list[str] = []
     for _ in range(samples):
-        responses = sample_responses(model, tokenizer, [p.prompt for p in problems], 1.0, batch=len(problems))
-        right += sum(answer_of(r) == p.answer for p, r in zip(problems, responses))
-    return right / (samples * len(problems))
+        responses += sample_responses(model, tokenizer, [p.prompt for p in problems], 1.0, batch=len(problems))
+    return held_out_breakdown(responses, problems)
 
 
 def sample_batch(
@@ -121,7 +145,7 @@ def run_direction(direction: str, args: argparse.Namespace, train: list[StepProb
     tokenizer = AutoTokenizer.from_pretrained(args.policy)
     model = AutoModelForCausalLM.from_pretrained(args.policy, dtype=torch.float32)
     optimizer = build_optimizer(model, args.optimizer, args.lr)
-    points = [(0, held_out_accuracy(model, tokenizer, val, args.eval_samples))]
+    evaluations = [(0, held_out_evaluation(model, tokenizer, val, args.eval_samples))]
     train_rewards = []
     began = time.monotonic()
     for step in range(1, args.steps + 1):
@@ -138,13 +162,22 @@ def run_direction(direction: str, args: argparse.Namespace, train: list[StepProb
         policy_gradient_step(model, optimizer, sequences, attention_mask, response_mask, advantages, width)
         train_rewards.append(float(rewards.mean()))
         if step % args.eval_every == 0 or step == args.steps:
-            points.append((step, held_out_accuracy(model, tokenizer, val, args.eval_samples)))
+            evaluations.append((step, held_out_evaluation(model, tokenizer, val, args.eval_samples)))
+            held_out = evaluations[-1][1]
             print(
-                f"  {direction:8s} step {step:3d}: held-out {100 * points[-1][1]:5.1f}%, "
+                f"  {direction:8s} step {step:3d}: held-out {100 * held_out['accuracy']:5.1f}% "
+                f"(with a hasty line {100 * held_out['accuracy_with_hasty_line']:.1f}%, "
+                f"without {100 * held_out['accuracy_without_hasty_line']:.1f}%; "
+                f"{100 * held_out['hasty_line_share']:.0f}% of lines hasty), "
                 f"batch reward {100 * train_rewards[-1]:5.1f}% ({time.monotonic() - began:.0f}s)",
                 flush=True,
             )
-    return {"direction": direction, "points": points, "train_rewards": train_rewards}
+    return {
+        "direction": direction,
+        "points": [(step, evaluation["accuracy"]) for step, evaluation in evaluations],
+        "evaluations": evaluations,
+        "train_rewards": train_rewards,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -155,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--policy", type=Path, required=True, help="a built testbed policy folder")
     parser.add_argument("--directions", nargs="+", choices=DIRECTIONS, default=list(DIRECTIONS))
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--optimizer", choices=("AdamW", "SGD"), default="AdamW")
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per step")
@@ -181,9 +214,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         results.append(run_direction(direction, args, train, val))
     print("\nheld-out accuracy at temperature 1 (%), by step")
     steps = [step for step, _ in results[0]["points"]]
-    print(f"{'step':>10s}" + "".join(f"{s:>8d}" for s in steps))
+    print(f"{'step':>16s}" + "".join(f"{s:>8d}" for s in steps))
     for result in results:
-        print(f"{result['direction']:>10s}" + "".join(f"{100 * acc:8.1f}" for _, acc in result["points"]))
+        print(f"{result['direction']:>16s}" + "".join(f"{100 * acc:8.1f}" for _, acc in result["points"]))
+    print("\nwhere it comes from: accuracy without / with a hasty line (%), and the share of lines that are hasty")
+    for result in results:
+        for key, label in (
+            ("accuracy_without_hasty_line", "careful"),
+            ("accuracy_with_hasty_line", "hasty"),
+            ("hasty_line_share", "% hasty"),
+        ):
+            name = f"{result['direction']} {label}"
+            print(f"{name:>16s}" + "".join(f"{100 * e[key]:8.1f}" for _, e in result["evaluations"]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         budget = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"}

@@ -108,21 +108,28 @@ class StepProblem:
         return render_prompt(self.text)
 
 
-def render_solution(problem: StepProblem, results: Sequence[int], leads: Sequence[str] | None = None) -> str:
+def render_solution(
+    problem: StepProblem,
+    results: Sequence[int],
+    leads: Sequence[str] | None = None,
+    relations: Sequence[str] | None = None,
+) -> str:
     """A response to ``problem`` that writes ``results[n]`` as the result of operation ``n``, chaining each line
     from the result written before it, then ``Answer:`` the last result.
 
-    ``leads``: each line's first word (default ``First`` then ``Then``). The reference solution passes the true
+    ``leads``: each line's first word (default ``First`` then ``Then``); ``relations``: each line's sign between the
+    operation and its result (default ``=``; a hasty estimate writes ``~``). The reference solution passes the true
     results; a demonstration with a slip (``recipe.acpo.testbed.demonstrations``) passes a wrong one, and every later
     line and the answer follow from it.
     """
     if len(results) != len(problem.operations):
         raise ValueError(f"{len(results)} results for {len(problem.operations)} operations")
     leads = leads or ["First" if n == 0 else "Then" for n in range(len(results))]
+    relations = relations or ["="] * len(results)
     lefts = [problem.start, *results[:-1]]
     lines = [
-        f"{lead}, {left} {_SYMBOLS[kind]} {operand} = {result}."
-        for lead, left, (kind, operand), result in zip(leads, lefts, problem.operations, results)
+        f"{lead}, {left} {_SYMBOLS[kind]} {operand} {relation} {result}."
+        for lead, relation, left, (kind, operand), result in zip(leads, relations, lefts, problem.operations, results)
     ]
     return "\n".join([*lines, f"Answer: {results[-1]}"])
 

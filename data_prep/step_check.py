@@ -7,10 +7,11 @@ The testbed task (``data_prep.arithmetic_steps``) asks for a solution written on
     Answer: 15
 
 ``check_steps`` finds every equation ``a OP b = c`` (integers, OP one of ``+ - * /``; ``x`` and ``×`` read as ``*``,
-``÷`` as ``/``) in a response, in order, and says of each whether it is arithmetically right and whether its first
-operand is the result of the equation before it (the chain a step-by-step solution must keep). The first equation
-that is wrong or breaks the chain is the first wrong step. When ``start`` (the problem's starting value) is given,
-the first equation must also start from it.
+``÷`` as ``/``; ``a OP b ~ c``, the testbed's hasty estimate, is an equation checked the same way) in a response, in
+order, and says of each whether it is arithmetically right and whether its first operand is the result of the
+equation before it (the chain a step-by-step solution must keep). The first equation that is wrong or breaks the
+chain is the first wrong step. When ``start`` (the problem's starting value) is given, the first equation must also
+start from it.
 
 A response in which no equation can be found is unparsable: ``parsed`` is False and ``first_wrong`` None, so it
 counts as a wrong response with no wrong step identified; nothing here raises on any string.
@@ -24,10 +25,10 @@ from dataclasses import dataclass
 __all__ = ["Equation", "StepCheck", "check_steps", "evaluate"]
 
 _OPERATORS = {"+": "+", "-": "-", "*": "*", "x": "*", "×": "*", "/": "/", "÷": "/"}
-# An integer, an operator, an integer, '=', an integer. The minus of a negative operand must touch its digits
+# An integer, an operator, an integer, '=' (or '~'), an integer. The minus of a negative operand must touch its digits
 # ("5 - -3"); the operator may have spaces around it or none ("5-3").
 _EQUATION = re.compile(
-    r"(?<![\w.])(?P<left>-?\d+)\s*(?P<op>[-+*/x×÷])\s*(?P<right>-?\d+)\s*=\s*(?P<result>-?\d+)(?![\w])"
+    r"(?<![\w.])(?P<left>-?\d+)\s*(?P<op>[-+*/x×÷])\s*(?P<right>-?\d+)\s*[=~]\s*(?P<result>-?\d+)(?![\w])"
 )
 
 

@@ -10,9 +10,9 @@
 #   DEMO_MODEL   testbed (the learnable CPU testbed), smollm2 (pretrained SmolLM2-135M-Instruct on word problems) or
 #                tiny (random 10M Qwen2, a smoke test of the pipeline) [testbed]
 #   DEMO_DIR     where models, data, logs, checkpoints and results go [<repo>/outputs/acpo_cpu_demo]
-#   DEMO_STAGE1_STEPS, DEMO_STAGE2_STEPS   training steps per stage [testbed: 16, 8; others: 3, 2]
+#   DEMO_STAGE1_STEPS, DEMO_STAGE2_STEPS   training steps per stage [testbed: 24, 8; others: 3, 2]
 #   DEMO_BATCH_SIZE    prompts per step [8 | 2]      DEMO_ROLLOUT_N   responses per prompt [8 | 4]
-#   DEMO_MAX_RESPONSE_LENGTH  tokens [80 | 64]       DEMO_LR          learning rate [1e-4 | 2e-6]
+#   DEMO_MAX_RESPONSE_LENGTH  tokens [80 | 64]       DEMO_LR          learning rate [2e-4 | 2e-6]
 #   DEMO_TRAIN_SIZE, DEMO_EVAL_SIZE   problems [1024, 128 | 128, 16]   DEMO_NUM_OPS  operations per problem [2-3 | 1-2]
 #   DEMO_EVAL_K        samples per problem for Acc@k [4 | 2]     DEMO_EVAL_TEMPERATURE [1.0]
 #   DEMO_TEST_FREQ     validate on the held-out set every N steps (the accuracy curve) [4 | -1]
@@ -30,8 +30,8 @@ DEMO_MODEL=${DEMO_MODEL:-testbed}
 case "$DEMO_MODEL" in
     testbed)
         DATA_SOURCE=arithmetic_steps CONFIG_PREFIX=acpo_cpu_testbed
-        : "${DEMO_STAGE1_STEPS:=16}" "${DEMO_STAGE2_STEPS:=8}" "${DEMO_BATCH_SIZE:=8}" "${DEMO_ROLLOUT_N:=8}"
-        : "${DEMO_MAX_PROMPT_LENGTH:=64}" "${DEMO_MAX_RESPONSE_LENGTH:=80}" "${DEMO_LR:=1e-4}"
+        : "${DEMO_STAGE1_STEPS:=24}" "${DEMO_STAGE2_STEPS:=8}" "${DEMO_BATCH_SIZE:=8}" "${DEMO_ROLLOUT_N:=8}"
+        : "${DEMO_MAX_PROMPT_LENGTH:=64}" "${DEMO_MAX_RESPONSE_LENGTH:=80}" "${DEMO_LR:=2e-4}"
         : "${DEMO_TRAIN_SIZE:=1024}" "${DEMO_EVAL_SIZE:=128}" "${DEMO_NUM_OPS:=2-3}" "${DEMO_EVAL_K:=4}"
         : "${DEMO_TEST_FREQ:=4}"
         ;;
@@ -238,8 +238,8 @@ if demo_model != "testbed":
     )
 else:
     print(
-        "  (measured: +4.1 points at seed 0 over these 24 steps; the testbed policy learns, but by a few points in"
-        " this budget, not the 10 it was built for: docs/learning.md has the measurements and the diagnosis)"
+        "  (measured with the defaults, seed 0: +17.0 points over 24 Stage-1 and 8 Stage-2 steps, most of it the"
+        " policy giving up its hasty '~' estimates; docs/learning.md has the measurements and the comparison with GRPO)"
     )
 
 columns = [

@@ -45,3 +45,19 @@ def test_a_policy_gradient_step_raises_the_response_with_positive_advantage_and_
     assert grad_norm > 0
     assert after[0] > before[0]
     assert after[1] < before[1]
+
+
+def test_held_out_breakdown_splits_accuracy_by_whether_a_response_has_a_hasty_line() -> None:
+    from data_prep.arithmetic_steps import TaskSpec, generate
+
+    problem = generate(1, TaskSpec(num_ops=(2, 2)), seed=0, pool="rl")[0]
+    answer = problem.answer
+    careful_right = f"First, 1 + 1 = 2.\nThen, 2 + 1 = 3.\nAnswer: {answer}"
+    hasty_wrong = f"Quick, 1 + 1 = 3.\nThen, 3 + 1 = 4.\nAnswer: {answer + 1}"
+    hasty_right = f"First, 1 + 1 = 2.\nQuick, 2 + 1 = 3.\nAnswer: {answer}"
+    breakdown = bench.held_out_breakdown([careful_right, hasty_wrong, hasty_right], [problem])
+    assert breakdown["accuracy"] == 2 / 3
+    assert breakdown["accuracy_without_hasty_line"] == 1.0
+    assert breakdown["accuracy_with_hasty_line"] == 0.5
+    assert breakdown["responses_with_hasty_line"] == 2 / 3
+    assert breakdown["hasty_line_share"] == 2 / 6

@@ -6,7 +6,7 @@ import pytest
 
 from data_prep.arithmetic_steps import TaskSpec, generate
 from data_prep.step_check import check_steps, evaluate
-from recipe.acpo.testbed.demonstrations import HASTY_LEAD, demonstration, hasty_line_share
+from recipe.acpo.testbed.demonstrations import HASTY_LEAD, HASTY_RELATION, demonstration, hasty_line_share
 from recipe.acpo.testbed.policy import answer_of
 
 PROBLEMS = generate(400, TaskSpec(num_ops=(2, 3)), seed=5, pool="policy")
@@ -28,6 +28,7 @@ def test_only_hasty_lines_slip_and_every_later_line_and_the_answer_follow_from_t
             continue
         slipped += 1
         assert lines[check.first_wrong].startswith(f"{HASTY_LEAD}, ")
+        assert f" {HASTY_RELATION} " in lines[check.first_wrong]
         # The slip is the only arithmetic error before it; the lines after it chain from the wrong value.
         wrong = check.equations[check.first_wrong]
         assert 1 <= abs(wrong.result - evaluate(wrong.left, wrong.operator, wrong.right)) <= 2
@@ -41,10 +42,29 @@ def test_only_hasty_lines_slip_and_every_later_line_and_the_answer_follow_from_t
     assert wrong_answers > 0.9 * slipped
 
 
+def test_careful_lines_write_an_equals_sign_and_hasty_lines_the_estimate_sign() -> None:
+    for problem in PROBLEMS[:100]:
+        for line in demonstration(problem, hasty_rate=0.5, slip_rate=0.5).splitlines()[:-1]:
+            hasty = line.startswith(f"{HASTY_LEAD}, ")
+            assert (f" {HASTY_RELATION} " in line) == hasty
+            assert (" = " in line) != hasty
+
+
+def test_the_hasty_relation_can_be_the_equals_sign_of_the_second_policy() -> None:
+    for problem in PROBLEMS[:100]:
+        with_estimates = demonstration(problem, hasty_rate=0.5, slip_rate=0.5)
+        with_equals = demonstration(problem, hasty_rate=0.5, slip_rate=0.5, hasty_relation="=")
+        assert with_equals == with_estimates.replace(f" {HASTY_RELATION} ", " = ")
+    with pytest.raises(ValueError, match="hasty_relation"):
+        demonstration(PROBLEMS[0], 0.5, 0.5, hasty_relation="<")
+
+
 def test_the_hasty_share_of_lines_follows_the_rate() -> None:
     responses = [demonstration(p, hasty_rate=0.4, slip_rate=0.5) for p in PROBLEMS]
     assert hasty_line_share(responses) == pytest.approx(0.4, abs=0.05)
     assert hasty_line_share([p.solution for p in PROBLEMS]) == 0.0
+    # A sampled line may mix the lead and the sign: either makes it hasty.
+    assert hasty_line_share(["First, 1 + 1 ~ 2.\nQuick, 2 + 1 = 3.\nThen, 3 + 1 = 4.\nAnswer: 4"]) == 2 / 3
     assert hasty_line_share(["no equations here"]) != hasty_line_share(["no equations here"])  # NaN
 
 

@@ -89,3 +89,10 @@ def test_the_command_line_refuses_a_rate_outside_zero_one(tmp_path: Path) -> Non
     result = subprocess.run(run, capture_output=True, text=True)
     assert result.returncode == 2 and "--slip-rate must lie in [0, 1], got 1.5" in result.stderr
     assert not (tmp_path / "policy").exists()
+
+
+def test_the_command_line_refuses_an_unknown_hasty_relation(tmp_path: Path) -> None:
+    run = [sys.executable, "-m", "recipe.acpo.testbed", "build", str(tmp_path / "policy"), "--hasty-relation", "<"]
+    result = subprocess.run(run, capture_output=True, text=True)
+    assert result.returncode == 2 and "--hasty-relation: invalid choice: '<'" in result.stderr
+    assert not (tmp_path / "policy").exists()

@@ -33,6 +33,13 @@ def test_a_slip_followed_by_steps_consistent_with_it_is_found_at_the_slip() -> N
     assert not check.all_correct
 
 
+def test_a_hasty_estimate_is_an_equation_checked_like_any_other() -> None:
+    check = check_steps("First, 13 + 7 = 20.\nQuick, 20 + 4 ~ 23.\nThen, 23 + 4 = 27.\nAnswer: 27", start=13)
+    assert [e.text for e in check.equations] == ["13 + 7 = 20", "20 + 4 ~ 23", "23 + 4 = 27"]
+    assert check.first_wrong == 1
+    assert check_steps("Quick, 20 + 4 ~ 24.\nAnswer: 24", start=20).all_correct
+
+
 def test_a_step_that_does_not_use_the_previous_result_is_wrong_even_if_its_arithmetic_is_right() -> None:
     check = check_steps("First, 7 + 2 = 9.\nThen, 8 + 1 = 9.\nAnswer: 9")
     assert check.first_wrong == 1

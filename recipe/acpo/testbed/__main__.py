@@ -24,6 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from recipe.acpo.testbed.demonstrations import HASTY_RELATIONS
     from recipe.acpo.testbed.policy import PolicySpec
 
     parser = module_parser("recipe.acpo.testbed", __doc__)
@@ -44,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=default.slip_rate,
         help="share of hasty lines whose result is off by 1 or 2 (%(default)s)",
+    )
+    build.add_argument(
+        "--hasty-relation",
+        choices=HASTY_RELATIONS,
+        default=default.hasty_relation,
+        help="the sign a hasty line writes before its result (%(default)s; '=' builds the second policy of "
+        "docs/learning.md)",
     )
     build.add_argument("--hidden-size", type=int, default=default.hidden_size, help="model width (%(default)s)")
     build.add_argument("--num-layers", type=int, default=default.num_layers, help="model depth (%(default)s)")
@@ -82,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             sft_steps=args.sft_steps,
             hasty_rate=args.hasty_rate,
             slip_rate=args.slip_rate,
+            hasty_relation=args.hasty_relation,
             hidden_size=args.hidden_size,
             num_layers=args.num_layers,
             eval_problems=args.eval_problems,

@@ -52,6 +52,7 @@ class PolicySpec:
     # The demonstrations' hasty lines and their slips (recipe.acpo.testbed.demonstrations).
     hasty_rate: float = 0.4
     slip_rate: float = 0.5
+    hasty_relation: str = "~"
 
 
 @dataclass
@@ -189,7 +190,9 @@ def build_policy(
     torch.use_deterministic_algorithms(True)
     problems = generate(policy.sft_problems, task, seed=seed, pool="policy")
     held_out = generate(policy.eval_problems, task, seed=seed + 1_000_003, pool="rl")
-    demonstrations = [demonstration(p, policy.hasty_rate, policy.slip_rate, seed) for p in problems]
+    demonstrations = [
+        demonstration(p, policy.hasty_rate, policy.slip_rate, seed, policy.hasty_relation) for p in problems
+    ]
     tokenizer = train_tokenizer(
         [text for p, response in zip(problems, demonstrations) for text in (p.prompt, response)],
         policy.vocab_size,
