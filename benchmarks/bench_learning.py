@@ -16,8 +16,10 @@ and for the ACPO arms the attribution's hit rate on wrong responses (is the lowe
 wrong equation?) against chance (1/K), early and late; it writes ``OUT/bench_learning.json`` and
 ``OUT/bench_learning.png``.
 
-    python benchmarks/bench_learning.py --out docs/learning            # all arms, seeds 0 1 2
-    python benchmarks/bench_learning.py --out docs/learning --summary-only
+    python benchmarks/bench_learning.py          # all arms, seeds 0-2: about 36 min
+    python benchmarks/bench_learning.py --summary-only
+
+The defaults are the CPU demo's budget (24 Stage-1 and 8 Stage-2 steps of 8 x 8 responses, lr 2e-4).
 """
 
 from __future__ import annotations
@@ -397,7 +399,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--out", type=Path, default=Path("docs/learning"), help="where the JSON and PNG go")
+    parser.add_argument(
+        "--out", type=Path, default=Path("docs/learning/current_policy"), help="where the JSON and PNG go"
+    )
     parser.add_argument("--work", type=Path, default=Path("outputs/bench_learning"), help="runs, models, data, logs")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
