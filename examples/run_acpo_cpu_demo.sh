@@ -10,7 +10,7 @@
 #   DEMO_MODEL   testbed (the learnable CPU testbed), smollm2 (pretrained SmolLM2-135M-Instruct on word problems) or
 #                tiny (random 10M Qwen2, a smoke test of the pipeline) [testbed]
 #   DEMO_DIR     where models, data, logs, checkpoints and results go [<repo>/outputs/acpo_cpu_demo]
-#   DEMO_STAGE1_STEPS, DEMO_STAGE2_STEPS   training steps per stage [testbed: 24, 8; others: 3, 2]
+#   DEMO_STAGE1_STEPS, DEMO_STAGE2_STEPS   training steps per stage [testbed: 48, 8; others: 3, 2]
 #   DEMO_BATCH_SIZE    prompts per step [8 | 2]      DEMO_ROLLOUT_N   responses per prompt [8 | 4]
 #   DEMO_MAX_RESPONSE_LENGTH  tokens [80 | 64]       DEMO_LR          learning rate [2e-4 | 2e-6]
 #   DEMO_TRAIN_SIZE, DEMO_EVAL_SIZE   problems [1024, 128 | 128, 16]   DEMO_NUM_OPS  operations per problem [2-3 | 1-2]
@@ -30,7 +30,7 @@ DEMO_MODEL=${DEMO_MODEL:-testbed}
 case "$DEMO_MODEL" in
     testbed)
         DATA_SOURCE=arithmetic_steps CONFIG_PREFIX=acpo_cpu_testbed
-        : "${DEMO_STAGE1_STEPS:=24}" "${DEMO_STAGE2_STEPS:=8}" "${DEMO_BATCH_SIZE:=8}" "${DEMO_ROLLOUT_N:=8}"
+        : "${DEMO_STAGE1_STEPS:=48}" "${DEMO_STAGE2_STEPS:=8}" "${DEMO_BATCH_SIZE:=8}" "${DEMO_ROLLOUT_N:=8}"
         : "${DEMO_MAX_PROMPT_LENGTH:=64}" "${DEMO_MAX_RESPONSE_LENGTH:=80}" "${DEMO_LR:=2e-4}"
         : "${DEMO_TRAIN_SIZE:=1024}" "${DEMO_EVAL_SIZE:=128}" "${DEMO_NUM_OPS:=2-3}" "${DEMO_EVAL_K:=4}"
         : "${DEMO_TEST_FREQ:=4}"
