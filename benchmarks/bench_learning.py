@@ -16,10 +16,10 @@ and for the ACPO arms the attribution's hit rate on wrong responses (is the lowe
 wrong equation?) against chance (1/K), early and late; it writes ``OUT/bench_learning.json`` and
 ``OUT/bench_learning.png``.
 
-    python benchmarks/bench_learning.py          # all arms, seeds 0-2: about 36 min
+    python benchmarks/bench_learning.py          # all arms, seeds 0-2: about 55 min
     python benchmarks/bench_learning.py --summary-only
 
-The defaults are the CPU demo's budget (24 Stage-1 and 8 Stage-2 steps of 8 x 8 responses, lr 2e-4).
+The defaults are the CPU demo's budget (48 Stage-1 and 8 Stage-2 steps of 8 x 8 responses, lr 2e-4).
 """
 
 from __future__ import annotations
@@ -405,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("outputs/bench_learning"), help="runs, models, data, logs")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--stage1-steps", type=int, default=24)
+    parser.add_argument("--stage1-steps", type=int, default=48)
     parser.add_argument("--stage2-steps", type=int, default=8)
     parser.add_argument("--test-freq", type=int, default=4, help="validate every N steps (and at each stage's end)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per step")

@@ -11,7 +11,7 @@
 #                tiny (random 10M Qwen2, a smoke test of the pipeline) [testbed]
 #   DEMO_DIR     where models, data, logs, checkpoints and results go [<repo>/outputs/acpo_cpu_demo]
 #   DEMO_STAGE1_STEPS, DEMO_STAGE2_STEPS   training steps per stage [testbed: 48, 8; others: 3, 2]
-#   DEMO_BATCH_SIZE    prompts per step [8 | 2]      DEMO_ROLLOUT_N   responses per prompt [8 | 4]
+#   DEMO_BATCH_SIZE    prompts per step [16 | 2]      DEMO_ROLLOUT_N   responses per prompt [8 | 4]
 #   DEMO_MAX_RESPONSE_LENGTH  tokens [80 | 64]       DEMO_LR          learning rate [2e-4 | 2e-6]
 #   DEMO_TRAIN_SIZE, DEMO_EVAL_SIZE   problems [1024, 128 | 128, 16]   DEMO_NUM_OPS  operations per problem [2-3 | 1-2]
 #   DEMO_EVAL_K        samples per problem for Acc@k [4 | 2]     DEMO_EVAL_TEMPERATURE [1.0]

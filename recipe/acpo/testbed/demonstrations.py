@@ -14,12 +14,13 @@ Why: a policy fine-tuned on reference solutions alone learns the task only as fa
 mistakes (misread operands, wrong sums) have no common cause RL could remove in a few dozen steps on a CPU. One
 fine-tuned on these demonstrations also imitates a *choice* (careful or hasty line, at the line's first token, a
 high-entropy token) with a known cost (a hasty line slips half the time, and a slip is a single wrong step that
-decides the outcome). The estimate sign ``~`` sits right before the result it governs: with ``=`` there as well, a
-policy of this size (2 layers) did not tie its slips to the lead five tokens back, and at temperature 1 its careful
-lines slipped about as often as its hasty ones (docs/learning.md), so the choice hardly mattered. That is the
-situation step-level credit is meant for: the crucial step is identifiable (``data_prep.step_check`` finds it), and
-a policy that learns to avoid it gains accuracy. Every RL method compared starts from the same policy; nothing here
-knows which method trains it. docs/learning.md has the measurements.
+decides the outcome). That is the situation step-level credit is meant for: the crucial step is identifiable
+(``data_prep.step_check`` finds it), and a policy that learns to avoid it gains accuracy.
+
+The estimate sign ``~`` sits right before the result it governs. With ``=`` there as well, a policy of this size
+(2 layers) did not tie its slips to the lead five tokens back, and at temperature 1 its careful lines slipped about
+as often as its hasty ones (docs/learning.md), so the choice hardly mattered. Every RL method compared starts from
+the same policy; nothing here knows which method trains it. docs/learning.md has the measurements.
 
 Deterministic: the choices for a problem depend only on its text, the rates and the seed.
 """
