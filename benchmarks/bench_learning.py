@@ -16,10 +16,10 @@ and for the ACPO arms the attribution's hit rate on wrong responses (is the lowe
 wrong equation?) against chance (1/K), early and late; it writes ``OUT/bench_learning.json`` and
 ``OUT/bench_learning.png``.
 
-    python benchmarks/bench_learning.py          # all arms, seeds 0-2: about 55 min
+    python benchmarks/bench_learning.py          # all arms, seeds 0-2: about an hour
     python benchmarks/bench_learning.py --summary-only
 
-The defaults are the CPU demo's budget (48 Stage-1 and 8 Stage-2 steps of 8 x 8 responses, lr 2e-4).
+The defaults are the CPU demo's budget (48 Stage-1 and 8 Stage-2 steps of 16 x 8 responses, lr 2e-4).
 """
 
 from __future__ import annotations
@@ -400,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("docs/learning/current_policy"), help="where the JSON and PNG go"
+        "--out", type=Path, default=Path("docs/learning/current_policy/demo_budget"), help="where the JSON and PNG go"
     )
     parser.add_argument("--work", type=Path, default=Path("outputs/bench_learning"), help="runs, models, data, logs")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
@@ -408,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--stage1-steps", type=int, default=48)
     parser.add_argument("--stage2-steps", type=int, default=8)
     parser.add_argument("--test-freq", type=int, default=4, help="validate every N steps (and at each stage's end)")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per step")
+    parser.add_argument("--batch-size", type=int, default=16, help="prompts per step")
     parser.add_argument("--rollout-n", type=int, default=8, help="responses per prompt")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--train-size", type=int, default=1024)

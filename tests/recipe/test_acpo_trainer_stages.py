@@ -189,7 +189,7 @@ def test_acpo_settings_are_checked_before_ray_starts(compose: Any) -> None:
 def test_a_micro_batch_size_that_does_not_divide_the_batch_is_named_before_ray_starts(compose: Any) -> None:
     from recipe.acpo.main_acpo import SetupError, check_micro_batch_sizes
 
-    # The testbed's sizes (64 responses a step, micro-batches of 64) fit; a smaller batch (2 prompts x 4) does not,
+    # The testbed's sizes (128 responses a step, micro-batches of 128) fit; a smaller batch (2 prompts x 4) does not,
     # and the reference pass (Stage 2) follows the rollout's micro-batch size when that one is lowered.
     check_micro_batch_sizes(compose("acpo_cpu_testbed_stage2"), use_reference_policy=True)
     small = [
@@ -197,7 +197,7 @@ def test_a_micro_batch_size_that_does_not_divide_the_batch_is_named_before_ray_s
         "actor_rollout_ref.rollout.n=4",
         "actor_rollout_ref.actor.ppo_mini_batch_size=2",
     ]
-    with pytest.raises(SetupError, match=r"ppo_micro_batch_size_per_gpu=64 does not divide the 8 responses"):
+    with pytest.raises(SetupError, match=r"ppo_micro_batch_size_per_gpu=128 does not divide the 8 responses"):
         check_micro_batch_sizes(compose("acpo_cpu_testbed_stage2", small), use_reference_policy=True)
     lowered = [
         *small,
