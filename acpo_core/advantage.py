@@ -31,6 +31,7 @@ __all__ = [
     "compute_acpo_advantage",
     "group_index",
     "grpo_outcome_advantage",
+    "redistribute_attribution",
     "signed_step_importance",
     "step_attribution_advantage",
     "step_uncertainty",
@@ -185,6 +186,24 @@ def step_attribution_advantage(
     return a_base.abs().unsqueeze(1) * signed_importance * weights
 
 
+def redistribute_attribution(attributed: torch.Tensor, step_tokens: torch.Tensor) -> torch.Tensor:
+    """§4.1 (ours, ``attr_total: redistributed``): A_attr centred so that its sum over each response's tokens is 0.
+
+    A_attr,i - (sum_k n_k A_attr,k) / (sum_k n_k), with n_k the tokens of step k. The attributed term then moves
+    credit between the steps of a response and leaves the response's total advantage as GRPO's (the Stage-2 token
+    weights keep each step's total, so this holds in both stages). A response with one non-empty step gets 0.
+
+    Args:
+        attributed: ``[B, Kmax]`` A_attr (0 on slots that are not steps).
+        step_tokens: ``[B, Kmax]`` tokens of each step slot (0 on empty steps and unused slots).
+    Returns:
+        ``[B, Kmax]`` centred A_attr, 0 on slots without tokens.
+    """
+    weights = step_tokens.to(attributed.dtype)
+    mean = (attributed * weights).sum(dim=1, keepdim=True) / weights.sum(dim=1, keepdim=True).clamp(min=1.0)
+    return torch.where(step_tokens > 0, attributed - mean, torch.zeros_like(attributed))
+
+
 def attributed_step_advantage(
     a_base: torch.Tensor, signed_importance: torch.Tensor, weights: torch.Tensor, alpha: float
 ) -> torch.Tensor:
@@ -259,7 +278,7 @@ class ACPOAdvantage:
         step_mean_entropy: mean H over each step's tokens (0 for empty steps and unused slots).
         weights: w_i.
         regime: 1, 2, 3 (``REGIME_*``), 0 on unused slots.
-        attributed_advantages: A_attr,i = |A_base| * s_i * w_i.
+        attributed_advantages: A_attr,i = |A_base| * s_i * w_i (centred per response when redistributed, §4.1).
         step_advantages: A_final,i = A_base + alpha * A_attr,i.
         token_weights: omega_t.
         metrics: the §9 step statistics (see :func:`compute_acpo_advantage`).
@@ -365,7 +384,9 @@ def compute_acpo_advantage(
     w, regime = step_weights(s, u, valid_steps, adv_cfg)
     base = a_base.to(torch.float32)
     a_attr = step_attribution_advantage(base, s, w)
-    a_final = attributed_step_advantage(base, s, w, adv_cfg.alpha)
+    if adv_cfg.attr_total == "redistributed":
+        a_attr = redistribute_attribution(a_attr, _step_token_counts(step_index, kmax))
+    a_final = base.unsqueeze(1) + adv_cfg.alpha * a_attr
     omega = token_confidence_weights(entropy, step_index, cfg.stage, cfg.confidence.tau, kmax=kmax)
     # omega is 0 on padding and exactly 1 on valid tokens in Stage 1, so with alpha = 0 this is A_base * mask, the
     # very product verl's GRPO function returns (down to the sign of the zeros on padding).

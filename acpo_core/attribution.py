@@ -18,6 +18,7 @@ responses and answers right-padded), their checks, their token counts and the co
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -58,7 +59,7 @@ class AttributionBatch:
     """§3 inputs for B responses: what every scorer takes.
 
     Prompts left-padded, responses and answers right-padded; ``boundaries`` [B, Kmax+1] with -1 after c_K (the
-    §2 output).
+    §2 output); ``answer_scored`` marks the answer tokens whose log-probabilities are summed (default: all).
     """
 
     prompt_ids: torch.Tensor  # [B, P] long
@@ -69,6 +70,12 @@ class AttributionBatch:
     num_steps: torch.Tensor  # [B] long
     answer_ids: torch.Tensor  # [B, A] long
     answer_mask: torch.Tensor  # [B, A] 0/1
+    # [B, A] 0/1 within answer_mask: the answer tokens L_i sums over (§3.2 value-only scoring); None: all of them.
+    answer_scored: torch.Tensor = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.answer_scored is None:
+            object.__setattr__(self, "answer_scored", self.answer_mask.clone())
 
     def __len__(self) -> int:
         return int(self.prompt_ids.shape[0])
@@ -84,6 +91,99 @@ class AttributionBatch:
         return AttributionBatch(**{name: tensor.to(device) for name, tensor in self.as_dict().items()})
 
 
+def answer_value_span(tokenizer: Any, answer: str, template: str) -> tuple[int, int]:
+    """§3.2 (value-only scoring): the token span [start, end) of the answer value in Y = ``template`` rendered.
+
+    The template's fixed text before ``{answer}`` is conditioned on, not scored: ``start`` is the length of the
+    longest common prefix of Y's ids and the ids of that text alone (a token that merges the fixed text with the value,
+    such as ``" 14"`` after ``"Answer:"``, is scored). ``end`` is where the ids of the text up to the value's end stop
+    being a prefix of Y's ids (the value and the fixed text after it are then scored together), else their length.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        answer: the answer value (stripped).
+        template: ``acpo.attribution.answer_template``.
+    Returns:
+        ``(start, end)`` with ``0 <= start < end <= len(Y)``: at least one token is scored.
+    """
+    head, _, _ = template.partition("{answer}")
+    full = list(tokenizer(template.format(answer=answer), add_special_tokens=False)["input_ids"])
+    fixed = list(tokenizer(head.format(), add_special_tokens=False)["input_ids"]) if head else []
+    upto_value = list(tokenizer(head.format() + answer, add_special_tokens=False)["input_ids"])
+    start = 0
+    while start < min(len(full), len(fixed)) and full[start] == fixed[start]:
+        start += 1
+    start = min(start, len(full) - 1)
+    end = len(upto_value) if full[: len(upto_value)] == upto_value else len(full)
+    return start, max(end, start + 1)
+
+
+@dataclass(frozen=True)
+class AnswerBatch:
+    """Y of every row, right-padded: ids and validity [B, A], and which tokens L_i sums over (§3, §3.2).
+
+    A row with no answer (a padding row, or a response without an extracted answer for the contrast target) has an
+    all-zero mask.
+    """
+
+    ids: torch.Tensor  # [B, A] long
+    mask: torch.Tensor  # [B, A] long 0/1: the tokens of Y
+    scored: torch.Tensor  # [B, A] long 0/1, within mask: the tokens whose log-probabilities L_i sums
+
+    def select(self, rows: torch.Tensor) -> AnswerBatch:
+        return AnswerBatch(ids=self.ids[rows], mask=self.mask[rows], scored=self.scored[rows])
+
+    @property
+    def present(self) -> torch.Tensor:
+        """[B] bool: rows that have an answer."""
+        return self.mask.sum(dim=1) > 0
+
+
+def render_answer_batch(
+    tokenizer: Any,
+    answers: Sequence[str | None],
+    keys: Sequence[str],
+    template: str,
+    score_tokens: str = "all",
+) -> AnswerBatch:
+    """§3: Y of every row rendered by ``template`` and tokenised once per distinct (key, answer).
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        answers: the answer of each row; None leaves the row empty (no answer).
+        keys: what names a row in an error, e.g. the prompt uid.
+        template: ``acpo.attribution.answer_template``.
+        score_tokens: ``all`` scores every token of Y; ``value`` only the value's tokens (:func:`answer_value_span`).
+    Raises:
+        ValueError: an answer that renders to nothing (see :func:`render_answer_ids`), naming the row's key.
+    """
+    if score_tokens not in ("all", "value"):
+        raise ValueError(f"score_tokens must be 'all' or 'value', got {score_tokens!r}")
+    cache: dict[tuple[str, str], tuple[list[int], int, int]] = {}
+    rows: list[tuple[list[int], int, int]] = []
+    for key, answer in zip(keys, answers):
+        if answer is None:
+            rows.append(([], 0, 0))
+            continue
+        if (key, answer) not in cache:
+            try:
+                ids = render_answer_ids(tokenizer, answer, template)
+            except ValueError as err:
+                raise ValueError(f"prompt uid={key}: {err}") from err
+            span = answer_value_span(tokenizer, answer.strip(), template) if score_tokens == "value" else (0, len(ids))
+            cache[(key, answer)] = (ids, *span)
+        rows.append(cache[(key, answer)])
+    width = max((len(ids) for ids, _, _ in rows), default=1) or 1
+    answer_ids = torch.zeros(len(rows), width, dtype=torch.long)
+    answer_mask = torch.zeros(len(rows), width, dtype=torch.long)
+    scored = torch.zeros(len(rows), width, dtype=torch.long)
+    for n, (ids, start, end) in enumerate(rows):
+        answer_ids[n, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        answer_mask[n, : len(ids)] = 1
+        scored[n, start:end] = 1
+    return AnswerBatch(ids=answer_ids, mask=answer_mask, scored=scored)
+
+
 def answer_batch(
     tokenizer: Any, ground_truths: Sequence[str], uids: Sequence[str], template: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,22 +192,8 @@ def answer_batch(
     Raises:
         ValueError: a ground truth that renders to nothing (see :func:`render_answer_ids`), naming the prompt uid.
     """
-    cache: dict[str, list[int]] = {}
-    rows: list[list[int]] = []
-    for uid, truth in zip(uids, ground_truths):
-        if uid not in cache:
-            try:
-                cache[uid] = render_answer_ids(tokenizer, truth, template)
-            except ValueError as err:
-                raise ValueError(f"prompt uid={uid}: {err}") from err
-        rows.append(cache[uid])
-    width = max((len(r) for r in rows), default=1)
-    answer_ids = torch.zeros(len(rows), width, dtype=torch.long)
-    answer_mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for n, ids in enumerate(rows):
-        answer_ids[n, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        answer_mask[n, : len(ids)] = 1
-    return answer_ids, answer_mask
+    answers = render_answer_batch(tokenizer, ground_truths, uids, template)
+    return answers.ids, answers.mask
 
 
 @dataclass(frozen=True)
@@ -155,6 +241,7 @@ def check_attribution_batch(batch: AttributionBatch) -> AttributionLengths:
             is the single empty step [0, 0].
         num_steps: [B] integer K_b, 1 <= K_b <= Kmax.
         answer_ids, answer_mask: [B, A], right-padded, |Y| >= 1.
+        answer_scored: [B, A] 0/1 within answer_mask, at least one token a row.
     Returns:
         :class:`AttributionLengths`.
     Raises:
@@ -180,7 +267,12 @@ def check_attribution_batch(batch: AttributionBatch) -> AttributionLengths:
     shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in [*named.items(), ("num_steps", num_steps)])
     if any(t.shape[0] != batch_size for t in [*named.values(), num_steps]):
         raise ValueError(f"batch sizes differ: {shapes}")
-    for ids, mask in (("prompt_ids", "prompt_mask"), ("response_ids", "response_mask"), ("answer_ids", "answer_mask")):
+    for ids, mask in (
+        ("prompt_ids", "prompt_mask"),
+        ("response_ids", "response_mask"),
+        ("answer_ids", "answer_mask"),
+        ("answer_scored", "answer_mask"),
+    ):
         if named[ids].shape != named[mask].shape:
             raise ValueError(f"{ids} and {mask} must have the same shape: {shapes}")
     if boundaries.shape[1] < 2:
@@ -199,6 +291,10 @@ def check_attribution_batch(batch: AttributionBatch) -> AttributionLengths:
     answer_len = mask_lengths(answer_mask, "answer_mask", "right")
     fail_rows(prompt_len == 0, "empty prompt (the first answer token needs a context to be predicted from)")
     fail_rows(answer_len == 0, "empty answer")
+    scored = batch.answer_scored
+    fail_rows(((scored != 0) & (scored != 1)).any(dim=1), "answer_scored must hold only 0 and 1")
+    fail_rows(((scored != 0) & (answer_mask == 0)).any(dim=1), "answer_scored marks a token outside the answer")
+    fail_rows((scored != 0).sum(dim=1) == 0, "answer_scored marks no answer token")
     for name, ids, valid in (
         ("prompt_ids", prompt_ids, prompt_mask != 0),
         ("response_ids", response_ids, response_mask != 0),
@@ -324,3 +420,89 @@ def step_contributions(scores: torch.Tensor, num_steps: torch.Tensor) -> torch.T
     fail_rows((active & ~torch.isfinite(scores)).any(dim=1), "L is NaN or infinite")
     in_step = active[:, 1:]
     return torch.where(in_step, scores[:, 1:] - scores[:, :-1], torch.zeros((), dtype=scores.dtype))
+
+
+def contrast_scores(truth_loglik: torch.Tensor, own_loglik: torch.Tensor, use_own: torch.Tensor) -> torch.Tensor:
+    """§3.2 (contrast target): D_i = L_i(Y) - L_i(Y') on the rows ``use_own``, L_i(Y) elsewhere.
+
+    Y' is the response's own extracted answer. In a wrong response, whatever a prefix does to the likelihood of *any*
+    answer (the answer format, the position in the response) moves L(Y) and L(Y') alike and cancels in D, so
+    C_i = D_{i+1} - D_i is the step's shift of belief from its own answer towards the right one.
+
+    Args:
+        truth_loglik: L(Y) [B, Kmax+1].
+        own_loglik: L(Y') [B, Kmax+1] (ignored where ``use_own`` is False).
+        use_own: [B] bool.
+    Returns:
+        [B, Kmax+1], the dtype of ``truth_loglik``.
+    """
+    if truth_loglik.shape != own_loglik.shape or use_own.shape != truth_loglik.shape[:1]:
+        raise ValueError(
+            f"L(Y) {tuple(truth_loglik.shape)}, L(Y') {tuple(own_loglik.shape)} and use_own {tuple(use_own.shape)} "
+            "must be [B, Kmax+1], [B, Kmax+1] and [B]"
+        )
+    return torch.where(use_own.unsqueeze(1), truth_loglik - own_loglik.to(truth_loglik.dtype), truth_loglik)
+
+
+def oracle_contributions(
+    step_index: torch.Tensor, num_steps: torch.Tensor, first_wrong_token: torch.Tensor, kmax: int
+) -> torch.Tensor:
+    """§3.2 (oracle judge): C_i = -1 on the step holding the first wrong token, +1 on every other step.
+
+    The labels come from outside the policy (the testbed's step checker), so this is the ceiling any attribution can
+    reach on the same §4: what §4 does with credit that finds the slip every time.
+
+    Args:
+        step_index: [B, T] step of each token, -1 on padding (§2).
+        num_steps: [B] integer K >= 1.
+        first_wrong_token: [B] long, the index of the first token of the first wrong step; -1: none (a right response,
+            or a wrong one whose slip the checker cannot place), every step then gets +1.
+        kmax: step slots.
+    Returns:
+        C [B, Kmax] float32, 0 beyond K.
+    Raises:
+        ValueError: a first wrong token outside the response (naming rows).
+    """
+    valid = torch.arange(kmax, device=num_steps.device)[None, :] < num_steps[:, None]
+    labelled = first_wrong_token >= 0
+    in_response = first_wrong_token < (step_index >= 0).sum(dim=1)
+    fail_rows(labelled & ~in_response, "first_wrong_token lies beyond the response")
+    slip_step = step_index.gather(1, first_wrong_token.clamp(min=0).unsqueeze(1)).squeeze(1)
+    is_slip = labelled.unsqueeze(1) & (torch.arange(kmax, device=num_steps.device)[None, :] == slip_step[:, None])
+    contributions = torch.where(is_slip, -1.0, 1.0)
+    return torch.where(valid, contributions, torch.zeros_like(contributions))
+
+
+def drop_final_special(
+    batch: AttributionBatch, is_special: torch.Tensor, vocab_size: int
+) -> tuple[AttributionBatch, torch.Tensor]:
+    """§3.2 (``final_eos: drop``): score L_K after the response without its trailing special (end-of-sequence) token.
+
+    c_K = T puts the end-of-sequence token in the context of the last answer copy, a context the policy never goes
+    on from. A response whose last valid token is special loses it from the scored response (its mask) and c_K becomes
+    T - 1. Responses whose last step is that token alone (c_{K-1} = T - 1 with K > 1) keep it: dropping it would
+    leave the step empty; the response of a single end-of-sequence token becomes the empty response [0, 0].
+
+    Args:
+        batch: a checked batch (:func:`check_attribution_batch`).
+        is_special: [V] bool per token id of the tokenizer (:class:`acpo_core.vocab_tables.VocabTables`).
+        vocab_size: ids at or beyond it have no tokenizer entry and are not special.
+    Returns:
+        The batch to score and [B] bool, the rows whose last token was dropped.
+    """
+    length = (batch.response_mask != 0).sum(dim=1)
+    last = batch.response_ids.gather(1, (length - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+    special = (last < vocab_size) & is_special.to(last.device)[last.clamp(min=0, max=vocab_size - 1)]
+    steps = batch.num_steps.long()
+    before_last = batch.boundaries.gather(1, (steps - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+    dropped = (length > 0) & special & ((steps == 1) | (before_last < length - 1))
+    positions = torch.arange(batch.response_mask.shape[1], device=length.device)[None, :]
+    response_mask = torch.where(
+        dropped.unsqueeze(1) & (positions == (length - 1).unsqueeze(1)),
+        torch.zeros_like(batch.response_mask),
+        batch.response_mask,
+    )
+    boundaries = batch.boundaries.clone()
+    last_cut = boundaries.gather(1, steps.unsqueeze(1)) - dropped.long().unsqueeze(1)
+    boundaries.scatter_(1, steps.unsqueeze(1), last_cut)
+    return dataclasses.replace(batch, response_mask=response_mask, boundaries=boundaries), dropped

@@ -186,7 +186,7 @@ def _dense_micro_batch(
         logits_to_keep=packed.logit_columns,
         use_cache=False,
     ).logits  # [n, U, V]
-    row, copy, offset = packed.target_mask.nonzero(as_tuple=True)
+    row, copy, offset = _scored_targets(packed.target_mask, batch.answer_scored)
     kept = torch.searchsorted(packed.logit_columns, packed.predictor_columns[row, copy, offset])
     logprobs = _answer_logprobs(logits[row, kept], packed.target_ids[row, offset], temperature)
     return _sum_per_copy(row, copy, logprobs, packed.target_mask.shape[:2])
@@ -207,10 +207,20 @@ def _flex_micro_batch(
             logits_to_keep=packed.logit_columns,
             use_cache=False,
         ).logits[0]  # [U, V]
-    row, copy, offset = packed.target_mask.nonzero(as_tuple=True)
+    row, copy, offset = _scored_targets(packed.target_mask, batch.answer_scored)
     kept = torch.searchsorted(packed.logit_columns, packed.predictor_columns[row, copy, offset])
     logprobs = _answer_logprobs(logits[kept], packed.target_ids[row, offset], temperature)
     return _sum_per_copy(row, copy, logprobs, packed.target_mask.shape[:2])
+
+
+def _scored_targets(
+    target_mask: torch.Tensor, answer_scored: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row, copy, answer offset) of every answer token L_i sums: valid in ``target_mask`` [n, K1, A] and marked in
+    ``answer_scored`` [n, A] (§3.2 value-only scoring leaves the template's fixed text out)."""
+    row, copy, offset = target_mask.nonzero(as_tuple=True)
+    keep = answer_scored.to(target_mask.device)[row, offset] != 0
+    return row[keep], copy[keep], offset[keep]
 
 
 def _sum_per_copy(row: torch.Tensor, copy: torch.Tensor, logprobs: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -287,8 +297,9 @@ def score_answer_loglik_naive(
         # The logits at column p predict the token at p + 1: answer tokens are predicted from context_len - 1 on.
         wanted = [
             (n, context_len - 1 + j, int(sequence[context_len + j]))
-            for n, (_, _, sequence, context_len) in enumerate(chunk)
+            for n, (b, _, sequence, context_len) in enumerate(chunk)
             for j in range(sequence.numel() - context_len)
+            if batch.answer_scored[b, j]
         ]
         columns = torch.tensor(sorted({column for _, column, _ in wanted}), dtype=torch.long, device=device)
         logits = model(

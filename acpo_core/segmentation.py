@@ -327,3 +327,30 @@ def segment_steps(
     return StepSegmentation(
         step_index=step_index, boundaries=boundaries, num_steps=num_steps, marker_boundary=marker_boundary
     )
+
+
+def segmentation_from_boundaries(boundaries: torch.Tensor, response_mask: torch.Tensor) -> StepSegmentation:
+    """Given steps as a :class:`StepSegmentation`: boundaries laid down elsewhere (labelled traces), not by §2's rules.
+
+    Args:
+        boundaries: [B, Kmax+1] long, c_0 = 0 < c_1 < ... < c_K = T_b, then -1 (T_b the valid length of row b).
+        response_mask: [B, T] 0/1, right-padded.
+    Returns:
+        :class:`StepSegmentation` (no boundary comes from the marker rule).
+    Raises:
+        ValueError: boundaries that do not start at 0, end at T_b, or rise strictly (naming rows).
+    """
+    lengths = (response_mask != 0).sum(dim=1)
+    cuts = boundaries.long()
+    num_steps = (cuts[:, 1:] >= 0).sum(dim=1)
+    active = torch.arange(cuts.shape[1], device=cuts.device)[None, :] <= num_steps[:, None]
+    fail_rows(num_steps < 1, "boundaries need c_0 and c_1")
+    fail_rows(cuts[:, 0] != 0, "boundaries must start with c_0 = 0")
+    fail_rows(cuts.gather(1, num_steps[:, None]).squeeze(1) != lengths, "the last boundary c_K must equal T")
+    fail_rows((active[:, 1:] & (cuts[:, 1:] <= cuts[:, :-1])).any(dim=1), "boundaries must increase strictly")
+    positions = torch.arange(response_mask.shape[1], device=cuts.device).expand(cuts.shape[0], -1).contiguous()
+    inner = torch.where(active, cuts, torch.iinfo(torch.long).max)[:, 1:].contiguous()
+    step_index = torch.searchsorted(inner, positions, right=True)
+    step_index = torch.where(response_mask != 0, step_index, torch.full_like(step_index, -1))
+    marker = torch.zeros(cuts.shape[0], cuts.shape[1] - 1, dtype=torch.bool, device=cuts.device)
+    return StepSegmentation(step_index=step_index, boundaries=cuts, num_steps=num_steps, marker_boundary=marker)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -16,10 +17,14 @@ import torch
 
 from acpo_core.advantage import ACPOAdvantage, compute_acpo_advantage
 from acpo_core.attribution import (
+    AnswerBatch,
     AttributionBatch,
     ModelLimits,
     check_attribution_batch,
     check_vocabulary,
+    contrast_scores,
+    drop_final_special,
+    oracle_contributions,
     packed_token_count,
     position_overflow,
     step_contributions,
@@ -66,6 +71,12 @@ class ACPOBatch:
     answer_ids: torch.Tensor  # [B, A] long: Y (§3, acpo_core.attribution.answer_batch), right-padded
     answer_mask: torch.Tensor  # [B, A] long 0/1
     ground_truths: list[str | None]  # the reference answer rendered into Y; None on padding rows
+    # [B, A] 0/1 within answer_mask: the tokens of Y that L_i sums (acpo.attribution.score_tokens); None: all.
+    answer_scored: torch.Tensor | None = None
+    # Y' of every row, the response's own extracted answer (acpo.attribution.target=contrast); rows without one empty.
+    own_answers: AnswerBatch | None = None
+    # [B] long: first token of the first wrong step, -1 where none (acpo.attribution.judge=oracle; the step checker).
+    first_wrong_token: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.response_ids.shape[0])
@@ -79,7 +90,7 @@ class ACPOStepResult:
     metrics: dict[str, float]
     real_rows: torch.Tensor  # [R] long
     segmentation: StepSegmentation  # of the R real rows
-    answer_loglik: torch.Tensor  # [R, max_steps + 1] L_i, 0 beyond K
+    answer_loglik: torch.Tensor  # [R, max_steps + 1] L_i(Y), 0 beyond K (0 throughout with the oracle judge)
     contributions: torch.Tensor  # [R, max_steps] C_i
     advantage: ACPOAdvantage  # of the R real rows: per-step s, u, w, regime, A_attr, A_final; per-token omega
 
@@ -124,6 +135,25 @@ def _ids_with_text(
     return response_ids.masked_fill(beyond, int(special[0])), fraction
 
 
+def _score_rows(inputs: AttributionBatch, rows: torch.Tensor, score_fn: ScoreFn) -> torch.Tensor:
+    """L [R, max_steps + 1] of the rows ``rows`` ([R] bool) scored by ``score_fn``; 0 on the other rows.
+
+    Raises:
+        RuntimeError: ``score_fn`` returned L of the wrong shape.
+    """
+    loglik = torch.zeros(inputs.boundaries.shape, dtype=torch.float32)
+    scored = rows.nonzero().flatten()
+    if scored.numel():
+        scored_loglik = score_fn(inputs.select(scored)).float().cpu()
+        if scored_loglik.shape != (scored.numel(), loglik.shape[1]):
+            raise RuntimeError(
+                f"attribution returned L of shape {tuple(scored_loglik.shape)}, expected "
+                f"{(scored.numel(), loglik.shape[1])} (one row per response, max_steps + 1 columns)"
+            )
+        loglik[scored.cpu()] = scored_loglik
+    return loglik
+
+
 @contextmanager
 def _timed(name: str, timing: dict[str, float] | None) -> Iterator[None]:
     """Add the body's wall-clock seconds to ``timing[name]`` (verl's ``timing_s/<name>`` convention)."""
@@ -142,8 +172,13 @@ def compute_acpo_step(
     score_fn: ScoreFn,
     timing: dict[str, float] | None = None,
     limits: ModelLimits | None = None,
+    steps: StepSegmentation | None = None,
 ) -> ACPOStepResult:
     """§2-5 on one batch: segmentation, attribution, per-token advantages and the §9 metrics.
+
+    The credit variants of ``cfg.attribution`` (§3.2) act here: ``final_eos: drop`` scores L_K without a trailing
+    special token; ``judge: oracle`` takes C from ``batch.first_wrong_token`` and scores nothing; ``target: contrast``
+    scores the wrong responses' own answers ``batch.own_answers`` too and takes C from D = L(Y) - L(Y').
 
     Args:
         batch: :class:`ACPOBatch` of B rows.
@@ -154,6 +189,8 @@ def compute_acpo_step(
         limits: the scoring model's vocabulary and positions. The whole attribution batch is checked here, before
             ``score_fn`` dispatches anything; responses past ``max_positions`` are left out of attribution
             (:func:`acpo_core.attribution.position_overflow`).
+        steps: given steps of the real rows (labelled traces:
+            :func:`acpo_core.segmentation.segmentation_from_boundaries`) in place of §2's segmentation; None: segment.
     Returns:
         :class:`ACPOStepResult`; ``token_advantages`` is 0 on padding rows.
     Raises:
@@ -165,7 +202,10 @@ def compute_acpo_step(
     entropy = batch.entropy[real_rows]
     with _timed("acpo_segment", timing):
         response_ids, textless = _ids_with_text(batch.response_ids[real_rows], response_mask, tables)
-        segmentation = segment_steps(response_ids, entropy, response_mask, tables, cfg.segmentation)
+        if steps is None:
+            segmentation = segment_steps(response_ids, entropy, response_mask, tables, cfg.segmentation)
+        else:
+            segmentation = steps
     inputs = AttributionBatch(
         prompt_ids=batch.prompt_ids[real_rows],
         prompt_mask=batch.prompt_mask[real_rows],
@@ -175,23 +215,45 @@ def compute_acpo_step(
         num_steps=segmentation.num_steps,
         answer_ids=batch.answer_ids[real_rows],
         answer_mask=batch.answer_mask[real_rows],
+        answer_scored=None if batch.answer_scored is None else batch.answer_scored[real_rows],
     )
     limits = limits or ModelLimits()
     lengths = check_attribution_batch(inputs)
     check_vocabulary(inputs, limits.vocab_size)
     overflow = position_overflow(lengths, limits.max_positions)
-    scored = (~overflow).nonzero().flatten()
+    attribution = cfg.attribution
+    if attribution.final_eos == "drop":
+        inputs, _ = drop_final_special(inputs, tables.is_special, tables.vocab_size)
     answer_loglik = torch.zeros(segmentation.boundaries.shape, dtype=torch.float32)
     with _timed("acpo_attribution", timing):
-        if scored.numel():
-            scored_loglik = score_fn(inputs.select(scored)).float().cpu()
-            if scored_loglik.shape != (scored.numel(), answer_loglik.shape[1]):
-                raise RuntimeError(
-                    f"attribution returned L of shape {tuple(scored_loglik.shape)}, expected "
-                    f"{(scored.numel(), answer_loglik.shape[1])} (one row per response, max_steps + 1 columns)"
+        if attribution.judge == "oracle":
+            if batch.first_wrong_token is None:
+                raise ValueError(
+                    "acpo.attribution.judge=oracle needs each response's first wrong step (the testbed's step "
+                    "checker); this batch has none"
                 )
-            answer_loglik[scored.cpu()] = scored_loglik
-    contributions = step_contributions(answer_loglik, segmentation.num_steps)
+            contributions = oracle_contributions(
+                segmentation.step_index,
+                segmentation.num_steps,
+                batch.first_wrong_token[real_rows],
+                segmentation.boundaries.shape[1] - 1,
+            )
+        else:
+            answer_loglik = _score_rows(inputs, ~overflow, score_fn)
+            credit_loglik = answer_loglik
+            if attribution.target == "contrast":
+                if batch.own_answers is None:
+                    raise ValueError(
+                        "acpo.attribution.target=contrast needs each response's own answer; this batch has none"
+                    )
+                own = batch.own_answers.select(real_rows)
+                use_own = own.present & (batch.scores[real_rows] <= 0) & ~overflow
+                own_inputs = dataclasses.replace(
+                    inputs, answer_ids=own.ids, answer_mask=own.mask, answer_scored=own.scored
+                )
+                own_loglik = _score_rows(own_inputs, use_own, score_fn)
+                credit_loglik = contrast_scores(answer_loglik, own_loglik, use_own)
+            contributions = step_contributions(credit_loglik, segmentation.num_steps)
     advantage = compute_acpo_advantage(
         batch.base_advantages[real_rows],
         contributions,

@@ -14,8 +14,10 @@ import torch
 from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
 
-from acpo_core.attribution import answer_batch
+from acpo_core.attribution import render_answer_batch
+from acpo_core.config import AttributionConfig
 from acpo_core.step import ACPOBatch
+from recipe.acpo.reward.extract import extract_answer
 
 __all__ = ["ACPO_TQ_FIELDS", "left_padded", "nested_lengths", "read_acpo_batch", "right_padded"]
 
@@ -61,13 +63,15 @@ def _ground_truth_text(reward_model: Any, uid: str) -> str:
 
 
 def read_acpo_batch(
-    data: TensorDict, tags: Sequence[Mapping[str, Any]], tokenizer: Any, answer_template: str
+    data: TensorDict, tags: Sequence[Mapping[str, Any]], tokenizer: Any, attribution: AttributionConfig
 ) -> ACPOBatch:
     """The :class:`acpo_core.step.ACPOBatch` of ``tq.kv_batch_get(select_fields=ACPO_TQ_FIELDS)`` and the batch tags.
 
     Prompts are left-padded, responses right-padded (verl's layout) with the tokenizer's pad id; A_base is verl's
     advantage of the row's first token; the outcome score is the sum of ``rm_scores``; the answers Y are rendered by
-    ``answer_template`` (§3) once per prompt. Padding rows (tag ``is_padding``) get an empty answer.
+    ``attribution.answer_template`` (§3) once per prompt, with the tokens L_i sums marked by
+    ``attribution.score_tokens``. With ``attribution.target=contrast`` each response's own answer Y' (§7's extraction
+    from the decoded response) is rendered the same way. Padding rows (tag ``is_padding``) get an empty answer.
 
     Raises:
         ValueError: a response mask with holes (multi-turn), a missing or empty ground truth (naming the uid).
@@ -95,14 +99,17 @@ def read_acpo_batch(
     ground_truths: list[str | None] = [None] * batch_size
     for i in real:
         ground_truths[i] = _ground_truth_text(reward_models[i], uids[i])
-    real_answers = answer_batch(
-        tokenizer,
-        [ground_truths[i] for i in real],
-        [uids[i] for i in real],
-        answer_template,
-    )
-    answer_ids, answer_mask = (torch.zeros(batch_size, part.shape[1], dtype=torch.long) for part in real_answers)
-    answer_ids[real], answer_mask[real] = real_answers
+    template, score_tokens = attribution.answer_template, attribution.score_tokens
+    answers = render_answer_batch(tokenizer, ground_truths, uids, template, score_tokens)
+    response_ids = right_padded(data["responses"], 0).long()
+    own_answers = None
+    if attribution.target == "contrast":
+        own_texts: list[str | None] = [None] * batch_size
+        for i in real:
+            text = tokenizer.decode(response_ids[i, : int(lengths[i])].tolist(), skip_special_tokens=True)
+            own = extract_answer(text)
+            own_texts[i] = own if own and own.strip() else None
+        own_answers = render_answer_batch(tokenizer, own_texts, uids, template, score_tokens)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     prompt_ids, prompt_mask = left_padded(data["prompts"], pad_token_id)
     return ACPOBatch(
@@ -115,7 +122,9 @@ def read_acpo_batch(
         scores=right_padded(data["rm_scores"], 0.0).float().sum(dim=1),
         is_padding=is_padding,
         uids=uids,
-        answer_ids=answer_ids,
-        answer_mask=answer_mask,
+        answer_ids=answers.ids,
+        answer_mask=answers.mask,
         ground_truths=ground_truths,
+        answer_scored=answers.scored,
+        own_answers=own_answers,
     )

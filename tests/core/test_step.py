@@ -23,7 +23,7 @@ from verl.utils import tensordict_utils as tu
 from verl.workers.utils.padding import response_to_nested
 
 from acpo_core.attribution import AttributionBatch, ModelLimits
-from acpo_core.config import ACPOConfig
+from acpo_core.config import ACPOConfig, AttributionConfig
 from acpo_core.scoring import score_answer_loglik
 from acpo_core.segmentation import VocabTables
 from acpo_core.step import SPEC_METRICS, ACPOBatch, compute_acpo_step
@@ -138,7 +138,7 @@ class Batch:
         return out.batch["advantages"]
 
     def view(self, tokenizer: Any) -> ACPOBatch:
-        return read_acpo_batch(self.data, self.tags, tokenizer, "Answer: {answer}")
+        return read_acpo_batch(self.data, self.tags, tokenizer, AttributionConfig())
 
 
 def _model_scorer(model: Any) -> Any:

@@ -9,19 +9,14 @@ blame the wrong step?" read off one response.
 from __future__ import annotations
 
 import bisect
-import itertools
 import logging
-from collections.abc import Callable, Sequence
 from typing import Any
+
+from recipe.acpo.testbed.slips import TESTBED_DATA_SOURCES, StepChecker, first_wrong_token_span
 
 __all__ = ["TESTBED_DATA_SOURCES", "annotate_first_wrong", "first_wrong_mark", "load_step_checker"]
 
 logger = logging.getLogger(__name__)
-
-# data_source values of the arithmetic testbed, whose responses the step checker can read.
-TESTBED_DATA_SOURCES = frozenset({"arithmetic_steps"})
-
-StepChecker = Callable[[str], Any]
 
 
 def load_step_checker() -> StepChecker | None:
@@ -33,26 +28,16 @@ def load_step_checker() -> StepChecker | None:
     return check_steps
 
 
-def _token_of_char(token_starts: Sequence[int], char: int) -> int:
-    """Index of the token holding character ``char`` (``token_starts``: each token's first character)."""
-    return max(bisect.bisect_right(token_starts, char) - 1, 0)
-
-
 def first_wrong_mark(record: dict[str, Any], check_steps: StepChecker) -> dict[str, Any] | None:
     """The first wrong equation of one dumped response as token and step indices, or None when there is none.
 
     Returns ``{"text", "token_start", "token_end" (exclusive), "step", "most_blamed_step", "blame_hit"}``;
     ``most_blamed_step`` is the step with the most negative attributed advantage (None when no step has one).
     """
-    tokens: list[str] = record["tokens"]
-    response = "".join(tokens)
-    check = check_steps(response)
-    if not check.parsed or check.first_wrong is None:
+    span = first_wrong_token_span(record["tokens"], check_steps)
+    if span is None:
         return None
-    equation = check.equations[check.first_wrong]
-    token_starts = [0, *itertools.accumulate(len(t) for t in tokens)][:-1] if tokens else [0]
-    token_start = _token_of_char(token_starts, int(equation.start))
-    token_end = _token_of_char(token_starts, max(int(equation.end) - 1, int(equation.start))) + 1
+    token_start, token_end, text = span
     boundaries: list[int] = record["boundaries"]
     step = max(bisect.bisect_right(boundaries, token_start) - 1, 0)
     step = min(step, len(record["steps"]) - 1)
@@ -61,7 +46,7 @@ def first_wrong_mark(record: dict[str, Any], check_steps: StepChecker) -> dict[s
     if most_blamed is not None and attributed[most_blamed] >= 0:
         most_blamed = None
     return {
-        "text": str(equation.text),
+        "text": text,
         "token_start": token_start,
         "token_end": token_end,
         "step": step,
