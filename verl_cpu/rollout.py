@@ -5,7 +5,8 @@ roles into verl's registries under the name ``cpu`` (``actor_rollout_ref.rollout
 
 - ``CPURolloutServer``: a Ray actor holding an fp32 copy of the policy. ``generate`` is token-in/token-out with
   per-request sampling parameters and per-token log-probs; requests that are pending together are decoded as
-  one left-padded batch (``verl_cpu.generation``).
+  one left-padded batch (``verl_cpu.generation``). Every request samples from its own random stream (seeded
+  sampling, see ``CPURolloutServer.request_generator``), so responses do not depend on arrival order or batching.
 - ``CPURolloutReplica``: the ``RolloutReplica`` that launches one server per trainer worker, next to it
   (``RolloutReplicaRegistry``, used by ``LLMServerManager`` in the trainer process).
 - ``CPUServerAdapter``: the ``BaseRollout`` living in the trainer worker (``verl.workers.rollout.base``'s rollout
@@ -31,7 +32,15 @@ from verl.workers.config import HFModelConfig, RolloutConfig
 from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
-from verl_cpu.generation import GenerationResult, SamplingSpec, generate_batch, sampling_spec_from_params
+from verl_cpu.generation import (
+    SAMPLE_STREAM_KEY,
+    GenerationResult,
+    SamplingSpec,
+    explicit_seed,
+    generate_batch,
+    request_seed,
+    sampling_spec_from_params,
+)
 
 logger = logging.getLogger(__name__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -70,6 +79,7 @@ class _PendingRequest:
     request_id: str
     prompt_ids: list[int]
     spec: SamplingSpec
+    generator: torch.Generator = field(repr=False)
     future: asyncio.Future = field(repr=False)
 
 
@@ -137,7 +147,11 @@ class CPURolloutServer:
         self.eos_token_ids = _eos_token_ids(self.model_config)
         self.pad_token_id = _pad_token_id(self.model_config, self.eos_token_ids)
         self.max_model_len = self.config.max_model_len or (self.config.prompt_length + self.config.response_length)
-        self.generator = torch.Generator().manual_seed(self.config.seed + replica_rank)
+        if isinstance(self.config.seed, bool) or not isinstance(self.config.seed, int):
+            raise ValueError(f"actor_rollout_ref.rollout.seed must be an integer, got {self.config.seed!r}")
+        self.seed: int = self.config.seed
+        # Requests without a named stream: how many with the same prompt this server has seen at each step.
+        self._unnamed_counts: dict[tuple[int | None, tuple[int, ...]], int] = {}
 
         self.global_steps: int | None = None
         self.awake = True
@@ -180,8 +194,9 @@ class CPURolloutServer:
         spec = sampling_spec_from_params(params, default_max_tokens=max(1, default_max_tokens))
         if spec.max_tokens > room:
             spec = dataclasses.replace(spec, max_tokens=room)
+        generator = self.request_generator(params, prompt_ids)
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_PendingRequest(request_id, prompt_ids, spec, future))
+        self._pending.append(_PendingRequest(request_id, prompt_ids, spec, generator, future))
         if self._batcher is None or self._batcher.done():
             self._batcher = asyncio.create_task(self._run_batches())
         result: GenerationResult | None = await future
@@ -195,6 +210,35 @@ class CPURolloutServer:
             num_preempted=0,
             extra_fields=extra_fields,
         )
+
+    def request_generator(self, params: dict[str, Any], prompt_ids: list[int]) -> torch.Generator:
+        """The random stream of one request, so that its response does not depend on arrival order or batching.
+
+        In order of precedence:
+
+        1. the request's own ``seed`` sampling parameter (vLLM's per-request seed) seeds it as given;
+        2. a named stream (``sampling_params["sample_stream"]``, set by the caller that knows the request: the ACPO
+           agent loop names the pass, the step, the prompt's rank among identical prompts and the request's session)
+           is seeded with ``request_seed(rollout.seed, stream, prompt_ids)``;
+        3. otherwise the stream is named ``unnamed:<global_steps>:<k>``, ``k`` counting the requests with this prompt
+           this server has received at this step. That is still independent of batching, but among identical prompts
+           it follows arrival order (responses of a group may be permuted between runs) and it is per server.
+        """
+        seed = explicit_seed(params)
+        if seed is not None:
+            return torch.Generator().manual_seed(seed)
+        stream = params.get(SAMPLE_STREAM_KEY)
+        if stream is None:
+            key = (self.global_steps, tuple(prompt_ids))
+            rank = self._unnamed_counts.get(key, 0)
+            self._unnamed_counts[key] = rank + 1
+            stream = f"unnamed:{self.global_steps}:{rank}"
+        return torch.Generator().manual_seed(request_seed(self.seed, str(stream), prompt_ids))
+
+    def _set_global_steps(self, global_steps: int) -> None:
+        if global_steps != self.global_steps:
+            self._unnamed_counts.clear()
+        self.global_steps = global_steps
 
     def _lock(self) -> asyncio.Lock:
         if self._model_lock is None:
@@ -226,7 +270,7 @@ class CPURolloutServer:
                         [r.spec for r in batch],
                         self.eos_token_ids,
                         self.pad_token_id,
-                        self.generator,
+                        [r.generator for r in batch],
                     )
                 self.batch_sizes.append(len(batch))
             except Exception as err:  # every caller must hear about the failure, not hang
@@ -267,7 +311,7 @@ class CPURolloutServer:
         self.has_weights = True
         self.weight_updates += 1
         if global_steps is not None:
-            self.global_steps = global_steps
+            self._set_global_steps(global_steps)
         return len(named_tensors)
 
     # ------------------------------------------------------------------ verl's server control surface
@@ -289,7 +333,7 @@ class CPURolloutServer:
         return None
 
     async def set_global_steps(self, global_steps: int) -> None:
-        self.global_steps = global_steps
+        self._set_global_steps(global_steps)
 
     async def wait_for_requests_to_drain(self) -> None:
         while self._pending or (self._batcher is not None and not self._batcher.done()):

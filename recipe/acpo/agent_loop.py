@@ -12,7 +12,9 @@ the batch is submitted), and this loop only applies that decision:
 - ``acpo_hot_temperature`` (float): the hot temperature (``acpo.curriculum.hard_temperature``).
 
 A batch without these fields (validation, Stage 2, a trainer without the curriculum) samples exactly like verl's
-``single_turn_agent``. Every output records the temperature its request was sampled at in
+``single_turn_agent``. On the CPU rollout every request also names its random stream (``sampling_params
+["sample_stream"]``, :func:`request_stream`; :mod:`recipe.acpo.seeding` explains seeded rollouts), unless its sampling
+parameters already carry a ``seed``. Every output records the temperature its request was sampled at in
 ``extra_fields["acpo_temperature"]``, which the trainer reads back to count hot requests.
 
 Select it with ``actor_rollout_ref.rollout.agent.default_agent_loop=acpo_curriculum`` and make it known to verl's
@@ -27,12 +29,17 @@ from typing import Any
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, register
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
+from verl_cpu.generation import SAMPLE_STREAM_KEY
+from verl_cpu.rollout import ROLLOUT_NAME as CPU_ROLLOUT_NAME
+
 __all__ = [
     "AGENT_LOOP_NAME",
     "HOT_SAMPLES_KEY",
     "HOT_TEMPERATURE_KEY",
+    "SAMPLE_STREAM_FIELD",
     "TEMPERATURE_KEY",
     "CurriculumAgentLoop",
+    "request_stream",
     "request_temperature",
 ]
 
@@ -42,6 +49,21 @@ HOT_SAMPLES_KEY = "acpo_hot_samples"
 HOT_TEMPERATURE_KEY = "acpo_hot_temperature"
 # Key under AgentLoopOutput.extra_fields (stored with each trajectory) holding the temperature actually requested.
 TEMPERATURE_KEY = "acpo_temperature"
+# Per-prompt field of the batch submitted for rollout: the random-stream name of the prompt's row
+# (recipe.acpo.seeding.SampleStreamTagger).
+SAMPLE_STREAM_FIELD = "acpo_sample_stream"
+
+
+def request_stream(row_stream: Any, global_steps: Any, session_id: Any) -> str | None:
+    """The random-stream name of one request: its row's stream and its session (rank in the group of n).
+
+    None without a session: the CPU server then names the stream itself, in arrival order. A row without a tagged
+    stream (a batch that did not go through ``recipe.acpo.seeding.seed_rollouts``) is named by its step.
+    """
+    if session_id is None:
+        return None
+    prefix = row_stream if row_stream is not None else f"step:{global_steps}"
+    return f"{prefix}:{int(session_id)}"
 
 
 def request_temperature(
@@ -88,6 +110,11 @@ class CurriculumAgentLoop(SingleTurnAgentLoop):
         )
         # The dict is shared by every request of the group: copy it rather than change the siblings' temperature.
         request_params = dict(sampling_params, temperature=temperature)
+        # Only the CPU server knows the stream key (vLLM and SGLang refuse unknown sampling parameters).
+        if getattr(self.rollout_config, "name", None) == CPU_ROLLOUT_NAME and request_params.get("seed") is None:
+            stream = request_stream(kwargs.get(SAMPLE_STREAM_FIELD), kwargs.get("global_steps"), session_id)
+            if stream is not None:
+                request_params[SAMPLE_STREAM_KEY] = stream
         output = await super().run(request_params, **kwargs)
         output.extra_fields[TEMPERATURE_KEY] = temperature
         return output

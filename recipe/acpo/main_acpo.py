@@ -42,6 +42,7 @@ from recipe.acpo.preflight import (
     check_micro_batch_sizes,
     check_model_path,
     check_reward_manager,
+    check_rollout_seed,
     check_trainer_mode,
 )
 
@@ -183,18 +184,28 @@ def check_acpo_trainer(config: DictConfig) -> None:
 
 
 def build_agent_loop_manager(config: DictConfig, trainer: Any) -> Any:
-    """verl's TransferQueue agent-loop manager (or ``rollout.agent.agent_loop_manager_class``), as TaskRunnerV1 does."""
+    """verl's TransferQueue agent-loop manager (or ``rollout.agent.agent_loop_manager_class``), as TaskRunnerV1 does,
+    with seeded sampling and prompt polling installed on it and the trainer's replay buffer."""
     from verl.trainer.ppo.v1 import AgentLoopManagerTQ
     from verl.utils.import_utils import load_class_from_fqn
 
+    from recipe.acpo.replay_poll import poll_promptly
+    from recipe.acpo.seeding import seed_rollouts
+
     manager_fqn = config.actor_rollout_ref.rollout.get("agent", {}).get("agent_loop_manager_class")
     manager_cls = load_class_from_fqn(manager_fqn, "AgentLoopManager") if manager_fqn else AgentLoopManagerTQ
-    return manager_cls.create(
+    manager = manager_cls.create(
         config=config,
         llm_client=trainer.get_llm_client(),
         teacher_client=trainer.get_teacher_client(),
         reward_loop_worker_handles=trainer.get_reward_handles(),
     )
+    # Seeded rollouts: every prompt row submitted for generation names its random stream, and batches come back in
+    # submission order (recipe/acpo/seeding.py). The trainer notices finished generation within 0.1 s rather than
+    # at verl's next 2 s poll (recipe/acpo/replay_poll.py).
+    if getattr(trainer, "replay_buffer", None) is not None:
+        poll_promptly(trainer.replay_buffer)
+    return seed_rollouts(trainer, manager)
 
 
 @ray.remote(num_cpus=1)
@@ -238,6 +249,7 @@ def prepare(config: DictConfig) -> tuple[ACPOConfig, dict[str, Any]]:
     acpo_config = check_acpo_block(config)
     check_acpo_trainer(config)
     check_trainer_mode(config)
+    check_rollout_seed(config)
     cpu_run = check_device(config)
     check_model_path(config)
     check_data_files(config)

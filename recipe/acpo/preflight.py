@@ -6,6 +6,7 @@ file at fault (``recipe.acpo.main_acpo.prepare`` runs them in order):
   ``reward_model.ground_truth``, unparsable answers ...);
 - the model path (a local Hugging Face folder, or a hub id unless ``HF_HUB_OFFLINE`` is set);
 - ``trainer.device=cpu`` without the CPU preset, or the CPU rollout on a GPU run; the synchronous V1 trainer;
+- the rollout seed (``actor_rollout_ref.rollout.seed``), from which every request's random stream is derived;
 - the micro-batch sizes, each of which must divide the batch a worker splits into micro-batches;
 - the reward manager (imported here once, so a typo fails now rather than in a Ray worker).
 """
@@ -140,6 +141,20 @@ def check_trainer_mode(config: DictConfig) -> None:
     mode = config.trainer.v1.trainer_mode
     if mode != "sync":
         raise SetupError(f"trainer.v1.trainer_mode={mode}: the ACPO recipe runs the synchronous trainer only (sync)")
+
+
+ROLLOUT_SEED_KEY = "actor_rollout_ref.rollout.seed"
+
+
+def check_rollout_seed(config: DictConfig) -> None:
+    """``actor_rollout_ref.rollout.seed`` is an integer: seeded rollouts hash it (``verl_cpu.generation.request_seed``).
+
+    A float, a string or a boolean would either fail inside a Ray worker after minutes of start-up or, worse, be
+    coerced into a seed the user did not mean; it stops the run here instead.
+    """
+    seed = OmegaConf.select(config, ROLLOUT_SEED_KEY, default=None)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise SetupError(f"{ROLLOUT_SEED_KEY}={seed!r} must be an integer (the seed of every rollout's sampling)")
 
 
 # (micro-batch key, whether it splits a mini-batch of the update rather than the whole step's batch)

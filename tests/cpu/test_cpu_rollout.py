@@ -13,7 +13,14 @@ from typing import Any
 import pytest
 import torch
 
-from verl_cpu.generation import SamplingSpec, generate_batch, sample_next_tokens, sampling_spec_from_params
+from verl_cpu.generation import (
+    SAMPLE_STREAM_KEY,
+    SamplingSpec,
+    generate_batch,
+    request_seed,
+    sample_next_tokens,
+    sampling_spec_from_params,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EOS = 151645  # <|im_end|>
@@ -96,6 +103,57 @@ def test_top_k_and_top_p_restrict_and_renormalise_the_sampling_distribution() ->
     torch.testing.assert_close(log_probs, torch.log_softmax(logits[0, :2], -1)[tokens])
 
 
+# 99.9% quantiles of the chi-square distribution by degrees of freedom: a correct sampler fails 1 seeded run in 1000.
+CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52}
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"),
+    [(1.0, -1, 1.0), (0.7, 3, 1.0), (1.4, -1, 0.8)],
+    ids=["plain", "top_k", "top_p"],
+)
+def test_seeded_sampling_draws_from_the_models_distribution(temperature: float, top_k: int, top_p: float) -> None:
+    """Every row sampled from its own seeded stream: the frequencies pass a chi-square test against the tempered,
+    truncated and renormalised distribution, computed here independently of the sampler (seeded: deterministic)."""
+    logits = torch.tensor([1.5, 1.0, 0.3, 0.0, -0.5, -2.0], dtype=torch.float64)
+    draws = 6000
+    generators = [torch.Generator().manual_seed(request_seed(0, f"chi2:{i}", [1, 2, 3])) for i in range(draws)]
+    tokens, _ = sample_next_tokens(
+        logits.float().expand(draws, -1),
+        torch.full((draws,), temperature),
+        torch.full((draws,), top_k),
+        torch.full((draws,), top_p),
+        generators,
+    )
+    probs = torch.softmax(logits / temperature, -1)
+    keep = torch.ones_like(probs, dtype=torch.bool)
+    if top_k > 0:
+        keep &= probs >= probs.sort(descending=True).values[top_k - 1]
+    if top_p < 1.0:
+        order = probs.argsort(descending=True)
+        mass_before = probs[order].cumsum(0) - probs[order]
+        keep &= torch.zeros_like(keep).scatter(0, order, mass_before < top_p)
+    expected = torch.where(keep, probs, 0.0)
+    expected = expected / expected.sum() * draws
+    observed = torch.bincount(tokens, minlength=len(logits)).double()
+    assert torch.all(observed[~keep] == 0), "a token outside the top-k / top-p set was drawn"
+    chi2 = float(((observed[keep] - expected[keep]) ** 2 / expected[keep]).sum())
+    assert chi2 < CHI2_999[int(keep.sum()) - 1], (chi2, observed.tolist(), expected.tolist())
+
+
+def test_a_row_with_its_own_generator_draws_the_same_token_in_any_batch() -> None:
+    logits = torch.randn(5, 50, generator=torch.Generator().manual_seed(0))
+
+    def draw(rows: list[int]) -> list[int]:
+        generators = [torch.Generator().manual_seed(100 + r) for r in rows]
+        ones = torch.ones(len(rows))
+        return sample_next_tokens(logits[rows], ones, torch.full((len(rows),), -1), ones, generators)[0].tolist()
+
+    together = draw([0, 1, 2, 3, 4])
+    assert [draw([r])[0] for r in range(5)] == together
+    assert draw([4, 2, 0]) == [together[4], together[2], together[0]]
+
+
 def test_generation_stops_at_eos_and_at_each_requests_own_budget(policy: Any) -> None:
     free = generate_batch(policy, PROMPTS[:1], [SamplingSpec(max_tokens=8, temperature=0.0)], {EOS}, PAD)[0]
     stop_token = free.token_ids[2]
@@ -165,6 +223,60 @@ def test_concurrent_requests_are_decoded_together_with_their_own_parameters(tiny
         else:
             expected = _forward_log_probs(policy, PROMPTS[i % 4], output.token_ids, temperature or 1.0)
             torch.testing.assert_close(torch.tensor(output.log_probs), expected, atol=1e-4, rtol=0)
+
+
+def _seeded_burst(server: Any, requests: list[tuple[list[int], dict[str, Any]]], order: list[int]) -> list[list[int]]:
+    """Send ``requests`` concurrently in ``order``; return each request's tokens, in the requests' own order."""
+
+    async def burst() -> list[Any]:
+        return await asyncio.gather(
+            *[
+                server.generate(prompt_ids=requests[i][0], sampling_params=requests[i][1], request_id=f"r{i}")
+                for i in order
+            ]
+        )
+
+    by_request = dict(zip(order, asyncio.run(burst())))
+    return [by_request[i].token_ids for i in range(len(requests))]
+
+
+def test_a_requests_response_depends_on_its_stream_not_on_arrival_order_batching_or_server(
+    tiny_model_dir: Path, policy: Any
+) -> None:
+    base = {"temperature": 1.0, "max_tokens": 8, "ignore_eos": True}
+    # Four prompts, four requests each (a group of n = 4): streams named as the ACPO agent loop names them.
+    requests = [(PROMPTS[i % 4], {**base, SAMPLE_STREAM_KEY: f"train:1:0:{i // 4}"}) for i in range(16)]
+    one_burst = _server(tiny_model_dir, policy)
+    reference = _seeded_burst(one_burst, requests, list(range(16)))
+    assert one_burst.batch_sizes == [16]
+    # Another server (another replica), requests arriving in reverse order and decoded three at a time.
+    small_batches = _server(tiny_model_dir, policy, max_num_seqs=3)
+    assert _seeded_burst(small_batches, requests, list(range(15, -1, -1))) == reference
+    assert len(small_batches.batch_sizes) == 6
+    # The group of a prompt is n different responses; another run seed gives other responses.
+    assert len({tuple(reference[i]) for i in range(0, 16, 4)}) == 4
+    other_seed = _server(tiny_model_dir, policy, seed=1)
+    assert _seeded_burst(other_seed, requests, list(range(16))) != reference
+
+    # A request's own seed wins over the stream: same seed, same tokens, whatever the stream or the run seed.
+    seeded = [(PROMPTS[0], {**base, "seed": 1234, SAMPLE_STREAM_KEY: f"s{i}"}) for i in range(2)]
+    assert (
+        len({tuple(t) for t in _seeded_burst(other_seed, seeded, [0, 1]) + _seeded_burst(one_burst, seeded, [1, 0])})
+        == 1
+    )
+    with pytest.raises(ValueError, match="seed must be an integer"):
+        asyncio.run(one_burst.generate(prompt_ids=[1, 2], sampling_params={**base, "seed": 0.5}, request_id="bad"))
+    with pytest.raises(ValueError, match=r"actor_rollout_ref\.rollout\.seed must be an integer"):
+        _server(tiny_model_dir, policy, seed="7")
+
+    # Without a named stream, identical prompts take ranks in arrival order, counted per step: a fresh server at the
+    # same step repeats the group (as a whole), the next step draws a new one.
+    unnamed = [(PROMPTS[1], dict(base)) for _ in range(3)]
+    fresh = [_server(tiny_model_dir, policy) for _ in range(2)]
+    groups = [_seeded_burst(server, unnamed, [0, 1, 2]) for server in fresh]
+    assert groups[0] == groups[1] and len({tuple(t) for t in groups[0]}) == 3
+    asyncio.run(fresh[0].set_global_steps(2))
+    assert _seeded_burst(fresh[0], unnamed, [0, 1, 2]) != groups[0]
 
 
 def test_weight_updates_replace_the_served_policy_and_reject_foreign_weights(tiny_model_dir: Path) -> None:

@@ -186,6 +186,15 @@ def test_acpo_settings_are_checked_before_ray_starts(compose: Any) -> None:
     check_acpo_trainer(compose("acpo_cpu", ["critic.enable=true"]))
 
 
+@pytest.mark.parametrize("seed", ["1.5", "'abc'", "true", "null"])
+def test_a_rollout_seed_that_is_not_an_integer_is_named_before_ray_starts(compose: Any, seed: str) -> None:
+    from recipe.acpo.main_acpo import SetupError, check_rollout_seed, prepare
+
+    check_rollout_seed(compose("acpo_cpu", ["actor_rollout_ref.rollout.seed=7"]))
+    with pytest.raises(SetupError, match=r"actor_rollout_ref\.rollout\.seed=.* must be an integer"):
+        prepare(compose("acpo_cpu_stage1", [f"actor_rollout_ref.rollout.seed={seed}"]))
+
+
 def test_a_micro_batch_size_that_does_not_divide_the_batch_is_named_before_ray_starts(compose: Any) -> None:
     from recipe.acpo.main_acpo import SetupError, check_micro_batch_sizes
 

@@ -111,11 +111,14 @@ def cpu_server(tiny_model_dir: Path, policy: Any) -> Any:
     return CPURolloutServer(rollout, HFModelConfig(path=str(tiny_model_dir)), model=policy)
 
 
-def _run_group(server: Any, qwen_tokenizer: Any, sampling_params: dict, **prompt_fields: Any) -> list[AgentLoopOutput]:
+def _run_group(
+    server: Any, qwen_tokenizer: Any, sampling_params: dict, rollout: dict | None = None, **prompt_fields: Any
+) -> list[AgentLoopOutput]:
     """One prompt's group of GROUP requests through CurriculumAgentLoop and the CPU rollout server, concurrently."""
     from omegaconf import OmegaConf
 
-    trainer_config = OmegaConf.create({"actor_rollout_ref": {"rollout": {"prompt_length": 64, "response_length": 8}}})
+    rollout_config = {"prompt_length": 64, "response_length": 8, **(rollout or {})}
+    trainer_config = OmegaConf.create({"actor_rollout_ref": {"rollout": rollout_config}})
 
     async def run() -> list[AgentLoopOutput]:
         # AgentLoopBase binds the running event loop when built, as verl's workers build it inside theirs.
@@ -175,6 +178,30 @@ def test_without_curriculum_fields_every_request_keeps_the_rollout_temperature(
         torch.testing.assert_close(
             torch.tensor(output.response_logprobs), _log_probs_at(policy, output, 0.9), atol=1e-4, rtol=0
         )
+
+
+def test_on_the_cpu_rollout_each_request_names_its_stream_and_a_group_is_reproducible(
+    cpu_server: Any, qwen_tokenizer: Any
+) -> None:
+    from recipe.acpo.agent_loop import SAMPLE_STREAM_FIELD, request_stream
+
+    params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": False}
+    fields = {SAMPLE_STREAM_FIELD: "train:3:0", "global_steps": 3}
+    group = _run_group(cpu_server, qwen_tokenizer, params, {"name": "cpu"}, **fields)
+    again = _run_group(cpu_server, qwen_tokenizer, params, {"name": "cpu"}, **fields)
+    assert [o.response_ids for o in group] == [o.response_ids for o in again]
+    assert len({tuple(o.response_ids) for o in group}) == GROUP  # one stream per session
+    other_row = _run_group(
+        cpu_server, qwen_tokenizer, params, {"name": "cpu"}, **{**fields, SAMPLE_STREAM_FIELD: "val:3:0"}
+    )
+    assert all(a.response_ids != b.response_ids for a, b in zip(group, other_row))
+    # A request that carries its own seed keeps it: the whole group draws the same response.
+    seeded = _run_group(cpu_server, qwen_tokenizer, {**params, "seed": 5}, {"name": "cpu"}, **fields)
+    assert len({tuple(o.response_ids) for o in seeded}) == 1
+
+    assert request_stream("train:3:1", 3, 2) == "train:3:1:2"
+    assert request_stream(None, 3, 0) == "step:3:0"  # a batch that was not tagged: named by its step
+    assert request_stream("train:3:1", 3, None) is None  # no session: the server names the stream
 
 
 # ------------------------------------------------------------------------------------------------ the mixin

@@ -1,0 +1,57 @@
+"""recipe.acpo.seeding: the stream name each prompt row submitted for rollout gets (training and validation)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transfer_queue import KVBatchMeta
+from verl.utils import tensordict_utils as tu
+
+from recipe.acpo.seeding import SAMPLE_STREAM_FIELD, SampleStreamTagger, seed_rollouts
+
+
+def _batch(prompts: list[str], global_steps: int, validate: bool = False) -> Any:
+    batch = tu.get_tensordict({"raw_prompt": [[{"role": "user", "content": p}] for p in prompts]})
+    tu.assign_non_tensor_data(batch, "global_steps", global_steps)
+    if validate:
+        tu.assign_non_tensor_data(batch, "validate", True)
+    return batch
+
+
+def test_rows_are_named_by_pass_step_and_rank_among_identical_prompts() -> None:
+    tag = SampleStreamTagger()
+    streams = tu.get(tag(_batch(["a", "b", "a"], 3)), SAMPLE_STREAM_FIELD)
+    assert list(streams) == ["train:3:0", "train:3:0", "train:3:1"]
+    # A validation pass of the same step has its own streams; its batches count duplicates across the whole pass.
+    assert list(tu.get(tag(_batch(["a"], 3, validate=True)), SAMPLE_STREAM_FIELD)) == ["val:3:0"]
+    assert list(tu.get(tag(_batch(["a", "c"], 3, validate=True)), SAMPLE_STREAM_FIELD)) == ["val:3:1", "val:3:0"]
+    # The next step starts counting afresh.
+    assert list(tu.get(tag(_batch(["a"], 4)), SAMPLE_STREAM_FIELD)) == ["train:4:0"]
+
+
+def test_batches_are_tagged_and_sampled_back_in_submission_order() -> None:
+    class Manager:
+        def __init__(self) -> None:
+            self.seen: list[list[str]] = []
+
+        def generate_sequences(self, batch: Any) -> None:
+            self.seen.append(list(tu.get(batch, SAMPLE_STREAM_FIELD)))
+
+    class ReplayBuffer:
+        def __init__(self, keys: list[str]) -> None:
+            self.keys = keys
+
+        def sample(self, global_steps: int, partition_id: str, batch_size: int) -> tuple[KVBatchMeta, dict]:
+            return KVBatchMeta(keys=self.keys, tags=[{"key": k} for k in self.keys], partition_id=partition_id), {}
+
+    # Trajectories as they finished generating: uid-b's before uid-a's, sessions out of order.
+    finished = ["uid-b_1_0", "uid-a_1_0", "uid-b_0_0", "uid-a_0_0", "uid-a_10_0", "uid-a_2_0"]
+    trainer = type("Trainer", (), {"replay_buffer": ReplayBuffer(finished)})()
+    manager = seed_rollouts(trainer, Manager())
+    batch = _batch(["x", "x"], 1)
+    tu.assign_non_tensor_stack(batch, "uid", ["uid-a", "uid-b"])
+    manager.generate_sequences(batch)
+    assert manager.seen == [["train:1:0", "train:1:1"]]
+    meta, _ = trainer.replay_buffer.sample(global_steps=1, partition_id="train", batch_size=2)
+    assert meta.keys == ["uid-a_0_0", "uid-a_1_0", "uid-a_2_0", "uid-a_10_0", "uid-b_0_0", "uid-b_1_0"]
+    assert [t["key"] for t in meta.tags] == meta.keys and meta.partition_id == "train"
