@@ -1,9 +1,10 @@
-"""``python -m recipe.acpo.testbed {build,data} OUT_DIR``: the CPU testbed's policy and RL data files.
+"""``python -m recipe.acpo.testbed {build,data,forecast} DIR``: the CPU testbed's policy, RL data, forecasts.
 
 ``build`` trains the testbed policy (a ~0.5M-parameter Llama with its own tokenizer, fine-tuned on step-by-step
 solutions some of whose lines are hasty and slip; deterministic for a seed; about 3 minutes on 2 cores) into a
 Hugging Face folder and prints its held-out accuracy; ``data`` writes the RL train and validation parquet files of
-the task (data_source arithmetic_steps).
+the task (data_source arithmetic_steps); ``forecast`` measures how well a built policy forecasts its final answer
+from prefixes of its own responses after a cue (``recipe.acpo.testbed.forecast``).
 
 Example: ``python -m recipe.acpo.testbed build /tmp/testbed/policy &&
 python -m recipe.acpo.testbed data /tmp/testbed/data --num-train 512 --num-val 64``
@@ -53,6 +54,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="the sign a hasty line writes before its result (%(default)s; '=' builds the second policy of "
         "docs/learning.md)",
     )
+    build.add_argument(
+        "--probe-rate",
+        type=float,
+        default=default.probe_rate,
+        help="probe examples per demonstration mixed into fine-tuning: a demonstration's first lines, the probe cue "
+        "and the final value those lines commit to, the loss on the value only; they teach the policy to forecast "
+        "its answer from any prefix, as ACPO's attribution asks (%(default)s: none, the build as without the "
+        "option; 1: as many probes as demonstrations)",
+    )
+    build.add_argument(
+        "--probe-cue",
+        default=default.probe_cue,
+        help="the text a probe puts before the forecast value; use it, with ' {answer}', as ACPO's "
+        "answer_template with a policy built with probes (%(default)r)",
+    )
     build.add_argument("--hidden-size", type=int, default=default.hidden_size, help="model width (%(default)s)")
     build.add_argument("--num-layers", type=int, default=default.num_layers, help="model depth (%(default)s)")
     build.add_argument(
@@ -66,7 +82,41 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--num-val", type=int, default=128, help="validation problems (%(default)s)")
     data.add_argument("--seed", type=int, default=0, help="random seed (%(default)s)")
     add_task_arguments(data)
+    forecast = commands.add_parser(
+        "forecast", help="measure a built policy's greedy forecast of its answer after a cue, by operations left"
+    )
+    forecast.add_argument("policy_dir", help="a folder written by build")
+    forecast.add_argument(
+        "--cue",
+        action="append",
+        help="the text before the forecast value (repeatable; default: the folder's probe cue and 'Answer:')",
+    )
+    forecast.add_argument(
+        "--eval-problems", type=int, default=None, help="held-out problems sampled (default: the build's count)"
+    )
+    forecast.add_argument(
+        "--seed", type=int, default=None, help="seed of the problems and samples (default: the build's)"
+    )
     return parser
+
+
+def forecast_command(args: argparse.Namespace) -> None:
+    """``forecast``: print each cue's forecast table (recipe.acpo.testbed.forecast) and the whole result as JSON."""
+    import json
+    from pathlib import Path
+
+    from recipe.acpo.testbed.forecast import TEMPLATE_CUE, forecast_policy, format_forecast
+    from recipe.acpo.testbed.policy import REPORT_FILE
+
+    cues = args.cue
+    if not cues:
+        report = json.loads((Path(args.policy_dir) / REPORT_FILE).read_text(encoding="utf-8"))
+        cues = list(dict.fromkeys((report["policy"].get("probe_cue", "Answer now:"), TEMPLATE_CUE)))
+    result = forecast_policy(args.policy_dir, cues, args.eval_problems, args.seed)
+    for cue in cues:
+        print(f"{cue!r} written in {result['cue_emitted'][cue]} of {result['eval_problems']} responses")
+        print(format_forecast(cue, result["forecast"][cue]))
+    print(json.dumps(result))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -79,6 +129,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     for rate in ("hasty_rate", "slip_rate"):
         if args.command == "build" and not 0.0 <= getattr(args, rate) <= 1.0:
             parser.error(f"--{rate.replace('_', '-')} must lie in [0, 1], got {getattr(args, rate)}")
+    if args.command == "build" and not 0.0 <= args.probe_rate < float("inf"):
+        parser.error(f"--probe-rate must be a number >= 0, got {args.probe_rate}")
+    if args.command == "build" and not args.probe_cue.strip():
+        parser.error(f"--probe-cue must be non-empty, got {args.probe_cue!r}")
+    if args.command == "forecast":
+        forecast_command(args)
+        return
     try:
         task = task_spec(args)
         if args.command == "data":
@@ -91,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             hasty_rate=args.hasty_rate,
             slip_rate=args.slip_rate,
             hasty_relation=args.hasty_relation,
+            probe_rate=args.probe_rate,
+            probe_cue=args.probe_cue,
             hidden_size=args.hidden_size,
             num_layers=args.num_layers,
             eval_problems=args.eval_problems,

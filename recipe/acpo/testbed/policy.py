@@ -53,6 +53,17 @@ class PolicySpec:
     hasty_rate: float = 0.4
     slip_rate: float = 0.5
     hasty_relation: str = "~"
+    # Probe examples (recipe.acpo.testbed.probes): round(probe_rate * sft_problems) of them are mixed into the
+    # fine-tuning set (1.0: as many as demonstrations; 0: none, the build as without the option), each a
+    # demonstration's prefix, ``probe_cue`` and the final value the prefix commits to, the loss on the value only.
+    probe_rate: float = 0.0
+    probe_cue: str = "Answer now:"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.probe_rate, int | float) and 0 <= self.probe_rate < math.inf):
+            raise ValueError(f"probe_rate must be a number >= 0, got {self.probe_rate!r}")
+        if not (isinstance(self.probe_cue, str) and self.probe_cue.strip()):
+            raise ValueError(f"probe_cue must be a non-empty string, got {self.probe_cue!r}")
 
 
 @dataclass
@@ -72,6 +83,12 @@ class BuildReport:
     sampled_first_wrong_step: dict[str, int] = field(default_factory=dict)
     task: dict[str, Any] = field(default_factory=dict)
     policy: dict[str, Any] = field(default_factory=dict)
+    # Probes fine-tuned on; temperature-1 responses that write the probe cue unprompted (it should be 0).
+    probe_examples: int = 0
+    sampled_cue_emitted: int = 0
+    # Per cue (the probe cue and today's template's ``Answer:``): the greedy forecast after each line start of the
+    # temperature-1 responses, by operations remaining (recipe.acpo.testbed.forecast.forecast_table).
+    forecast: dict[str, Any] = field(default_factory=dict)
 
 
 def pin_tokenizer_class(folder: Path) -> None:
@@ -111,6 +128,30 @@ def _encode(
         sequences.append(prompt_ids + response_ids)
         prompt_lengths.append(len(prompt_ids))
     return sequences, prompt_lengths
+
+
+def training_sequences(
+    tokenizer: Any, problems: Sequence[StepProblem], demonstrations: Sequence[str], policy: PolicySpec, seed: int
+) -> tuple[list[list[int]], list[int], int]:
+    """The fine-tuning sequences, where each one's loss starts, and how many of them are probes (at the end).
+
+    The demonstrations' sequences come first (``_encode``: the loss on the response); then
+    ``round(policy.probe_rate * len(problems))`` probes (``recipe.acpo.testbed.probes``: the loss on the forecast
+    value only). With ``probe_rate`` 0 they are ``_encode``'s, and nothing else is drawn.
+    """
+    sequences, loss_starts = _encode(tokenizer, problems, demonstrations)
+    count = round(policy.probe_rate * len(problems))
+    if not count:
+        return sequences, loss_starts, 0
+    from recipe.acpo.testbed.probes import draw_probes
+
+    probes = draw_probes(tokenizer, problems, demonstrations, sequences, loss_starts, count, policy.probe_cue, seed)
+    return sequences + [p.ids for p in probes], loss_starts + [p.loss_start for p in probes], count
+
+
+def held_out_problems(task: TaskSpec, count: int, seed: int) -> list[StepProblem]:
+    """The ``rl``-pool problems a build with ``seed`` measures its policy on."""
+    return generate(count, task, seed=seed + 1_000_003, pool="rl")
 
 
 def _batch(sequences: list[list[int]], prompt_lengths: list[int], rows: list[int], pad_id: int) -> tuple[Any, ...]:
@@ -182,6 +223,8 @@ def build_policy(
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+    from recipe.acpo.testbed.forecast import TEMPLATE_CUE, forecast_table, format_forecast
+
     task = task or TaskSpec()
     policy = policy or PolicySpec()
     started = time.monotonic()
@@ -189,7 +232,7 @@ def build_policy(
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     problems = generate(policy.sft_problems, task, seed=seed, pool="policy")
-    held_out = generate(policy.eval_problems, task, seed=seed + 1_000_003, pool="rl")
+    held_out = held_out_problems(task, policy.eval_problems, seed)
     demonstrations = [
         demonstration(p, policy.hasty_rate, policy.slip_rate, seed, policy.hasty_relation) for p in problems
     ]
@@ -199,10 +242,11 @@ def build_policy(
         policy.max_position_embeddings,
         policy.split_digits,
     )
-    sequences, prompt_lengths = _encode(tokenizer, problems, demonstrations)
+    sequences, prompt_lengths, num_probes = training_sequences(tokenizer, problems, demonstrations, policy, seed)
     log(
-        f"tokenizer: {len(tokenizer)} tokens; {len(problems)} fine-tuning problems, "
-        f"{max(map(len, sequences))} tokens at most"
+        f"tokenizer: {len(tokenizer)} tokens; {len(problems)} fine-tuning problems"
+        + (f" and {num_probes} probes (cue {policy.probe_cue!r})" if num_probes else "")
+        + f", {max(map(len, sequences))} tokens at most"
     )
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -269,6 +313,11 @@ def build_policy(
     greedy, _, _ = score(held_out, sample_responses(model, saved_tokenizer, prompts, temperature=0.0))
     sampled_responses = sample_responses(model, saved_tokenizer, prompts, temperature=1.0)
     sampled, unparsable, first_wrong = score(held_out, sampled_responses)
+    cue_emitted = sum(policy.probe_cue in response for response in sampled_responses)
+    forecast = {
+        cue: forecast_table(model, saved_tokenizer, held_out, sampled_responses, cue)
+        for cue in dict.fromkeys((policy.probe_cue, TEMPLATE_CUE))
+    }
     report = BuildReport(
         out_dir=str(out),
         seed=seed,
@@ -283,6 +332,9 @@ def build_policy(
         sampled_first_wrong_step=first_wrong,
         task=asdict(task),
         policy=asdict(policy),
+        probe_examples=num_probes,
+        sampled_cue_emitted=cue_emitted,
+        forecast=forecast,
     )
     (out / REPORT_FILE).write_text(json.dumps(asdict(report), indent=1) + "\n", encoding="utf-8")
     log(
@@ -291,5 +343,11 @@ def build_policy(
         f"wrong sampled responses by first wrong step {first_wrong} "
         f"({unparsable} unparsable); {time.monotonic() - started:.0f}s in all"
     )
+    log(
+        f"the probe cue {policy.probe_cue!r} written unprompted in {cue_emitted} of {len(sampled_responses)} "
+        "temperature-1.0 responses"
+    )
+    for cue, table in forecast.items():
+        log(format_forecast(cue, table))
     log(f"example (temperature 1.0): {held_out[0].prompt!r} -> {sampled_responses[0]!r}")
     return report
