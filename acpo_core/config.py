@@ -188,10 +188,10 @@ class AdvantageConfig:
     s_clip: float = 3.0
     u_clip: float = 3.0
     eps: float = 1e-6
-    # Ours (docs/algorithm.md §4.1): "added" is §4 as specified (A_attr adds net credit to a response); "redistributed"
-    # centres A_attr over each response's tokens, so attribution moves credit between steps and each response's total
-    # stays GRPO's.
-    attr_total: Literal["added", "redistributed"] = "added"
+    # Ours (docs/algorithm.md §4.1): "redistributed" (the default, measured by benchmarks/bench_credit.py) centres
+    # A_attr over each response's tokens, so attribution moves credit between steps and each response's total stays
+    # GRPO's; "added" is §4 as the spec reads it (A_attr adds net credit to a response).
+    attr_total: Literal["added", "redistributed"] = "redistributed"
 
     def validate(self, prefix: str = "advantage") -> None:
         for name in ("alpha", "beta", "gamma", "theta"):

@@ -54,8 +54,14 @@ from acpo_core.segmentation import VocabTables, segmentation_from_boundaries  # 
 from acpo_core.step import ACPOBatch, ACPOStepResult, compute_acpo_step  # noqa: E402
 
 TESTBED_CONFIG = ROOT / "recipe/acpo/config/testbed/arithmetic_steps.yaml"
-# Each variant: overrides of the acpo: block. "spec" is §3-4 as the spec reads them; the next four change one thing;
-# "combined" all four; the oracle takes C from the labels (testbed and traces only), the ceiling of any judge.
+# The spec's reading of §3-4: every credit switch at the value the spec reads (acpo_core.config's attr_total default
+# is "redistributed" since this benchmark measured it, §4.1).
+SPEC_READING: dict[str, dict[str, str]] = {
+    "attribution": {"judge": "policy", "target": "ground_truth", "score_tokens": "all", "final_eos": "keep"},
+    "advantage": {"attr_total": "added"},
+}
+# Each variant: what it changes from the spec's reading. The next four after "spec" change one thing; "combined" all
+# four; the oracle takes C from the labels (testbed and traces only), the ceiling of any judge.
 VARIANTS: dict[str, dict[str, dict[str, str]]] = {
     "spec": {},
     "final_eos": {"attribution": {"final_eos": "drop"}},
@@ -209,10 +215,11 @@ def format_by_slip_step(results: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def variant_config(base: ACPOConfig, name: str) -> ACPOConfig:
-    """``base`` with the overrides of the variant ``name``."""
+    """``base`` (its segmentation, template and numbers) with the spec's credit switches and the variant's own."""
     data = base.to_dict()
-    for section, values in VARIANTS[name].items():
-        data[section] = {**data[section], **values}
+    for overrides in (SPEC_READING, VARIANTS[name]):
+        for section, values in overrides.items():
+            data[section] = {**data[section], **values}
     return ACPOConfig.from_dict(data)
 
 
@@ -516,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     testbed.add_argument("--samples", type=int, default=8, help="responses per problem, one GRPO group (%(default)s)")
     testbed.add_argument("--seed", type=int, default=0, help="problems and sampling seed (%(default)s)")
     testbed.add_argument("--config", type=Path, default=TESTBED_CONFIG, help="YAML whose acpo: block is used")
+    testbed.add_argument("--answer-template", default=None, help="Y's template (default: the config's)")
     traces = sub.add_parser("traces", help="score a JSONL of labelled traces with a causal LM")
     traces.add_argument("file", type=Path, help="JSONL rows {question, steps, target, mistake_index}")
     traces.add_argument("--model", default="smollm2", help="a model folder, or smollm2 (offline; default)")
@@ -549,6 +557,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         info: dict[str, Any] = {"dump": str(args.directory)}
     elif args.source == "testbed":
         cfg = _acpo_block(args.config)
+        if args.answer_template is not None:
+            cfg = dataclasses.replace(
+                cfg, attribution=dataclasses.replace(cfg.attribution, answer_template=args.answer_template)
+            )
+            cfg.validate()
         batches, tables, model, first_wrong, info = testbed_batch(
             args.policy, args.problems, args.samples, args.seed, cfg
         )

@@ -281,7 +281,7 @@ def test_attributed_step_advantage_hand_worked() -> None:
 
 
 def test_attributed_advantage_follows_the_step_sign_hand_worked() -> None:
-    cfg = ACPOConfig(advantage=AdvantageConfig(eps=0.0))
+    cfg = ACPOConfig(advantage=AdvantageConfig(eps=0.0, attr_total="added"))
     # One correct response (A_base = +1) and one wrong (A_base = -1), two steps of 2 tokens each, entropy 1
     # everywhere -> every step mean is 1, the batch mean is 1 -> u = 1 for every step.
     step_index, num_steps, mask = _steps_from_lengths([[2, 2], [2, 2]], width=4)

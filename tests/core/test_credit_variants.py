@@ -48,11 +48,11 @@ def test_unknown_variant_values_are_refused_naming_the_key(key: str, value: Any)
         ACPOConfig.from_dict({section: {name: value}})
 
 
-def test_defaults_are_the_spec_reading() -> None:
+def test_defaults_are_the_spec_judge_with_the_redistributed_total() -> None:
     cfg = ACPOConfig()
     assert (cfg.attribution.judge, cfg.attribution.target) == ("policy", "ground_truth")
     assert (cfg.attribution.score_tokens, cfg.attribution.final_eos) == ("all", "keep")
-    assert cfg.advantage.attr_total == "added"
+    assert cfg.advantage.attr_total == "redistributed"
 
 
 # ---------------------------------------------------------------------------------------------------- value only

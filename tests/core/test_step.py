@@ -45,8 +45,11 @@ PEAK_ENTROPY = 5.0
 HOT_STEP_ENTROPY = 4.0  # the last step of row 1: uncertain enough that u_i clips to u_clip
 
 
-def _cfg(**advantage: float) -> ACPOConfig:
-    return ACPOConfig.from_dict({"segmentation": {"min_step_tokens": 4}, "advantage": dict(advantage)})
+def _cfg(stage: int = 1, **advantage: float) -> ACPOConfig:
+    """§4 as the spec reads it (``attr_total: added``): the hand-written formulas below are that form."""
+    return ACPOConfig.from_dict(
+        {"stage": stage, "segmentation": {"min_step_tokens": 4}, "advantage": {"attr_total": "added", **advantage}}
+    )
 
 
 def _planted_peaks(tokenizer: Any, ids: list[int]) -> list[int]:
@@ -276,7 +279,7 @@ def test_default_advantages_follow_the_spec_and_differ_from_grpo_only_on_credite
 def test_stage2_spreads_each_step_credit_by_confidence(qwen_tokenizer: Any, tables: VocabTables) -> None:
     batch = Batch(qwen_tokenizer)
     view = batch.view(qwen_tokenizer)
-    cfg1, cfg2 = _cfg(), ACPOConfig.from_dict({"stage": 2, "segmentation": {"min_step_tokens": 4}})
+    cfg1, cfg2 = _cfg(), _cfg(stage=2)
     stage1 = compute_acpo_step(view, tables, cfg1, _hand_scorer)
     stage2 = compute_acpo_step(view, tables, cfg2, _hand_scorer)
     boundaries = [[0, *batch.peaks[r], len(batch.responses[r])] for r in range(len(TEXTS))]
