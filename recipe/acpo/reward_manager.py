@@ -20,12 +20,13 @@ verl calls ``run_single`` once per sample and runs those calls concurrently (``R
 gathers them; the agent loop streams them); each call awaits its item in the shared pool, so a batch is verified in
 parallel across the pool's processes. :meth:`ACPORewardManager.score_batch` does the same for a whole ``DataProto``.
 
-Per-sample ``reward_extra_info`` is ``{"score", "acc", "no_answer", "timeout", "pred"}``. verl 0.9.1 turns it into
+Per-sample ``reward_extra_info`` is ``{"score", "acc", "no_answer", "timeout", "pred", "empty_ground_truth"}``.
+verl 0.9.1 turns it into
 validation metrics only (``val-aux/<data_source>/timeout/mean@<n>``, ``val-aux/<data_source>/no_answer/mean@<n>``,
 ``val-core/<data_source>/acc/mean@<n>``); the V1 trainer keeps training samples' extra info in TransferQueue
 (``extra_fields[i]["reward_extra_info"]``) without logging it, and
-:func:`recipe.acpo.reward.reward_fraction_metrics` turns it into the step metrics ``acpo/reward_timeout_frac`` and
-``acpo/reward_no_answer_frac``.
+:func:`recipe.acpo.reward.reward_fraction_metrics` turns it into the step metrics ``acpo/reward_timeout_frac``,
+``acpo/reward_no_answer_frac`` and ``acpo/reward_empty_ground_truth_frac``.
 """
 
 from __future__ import annotations

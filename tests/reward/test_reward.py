@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from recipe.acpo.reward import (
+    REWARD_EMPTY_GROUND_TRUTH_FRAC,
     REWARD_NO_ANSWER_FRAC,
     REWARD_TIMEOUT_FRAC,
     VerifierPool,
@@ -277,9 +278,28 @@ def test_step_metrics_are_the_fractions_of_timeouts_and_missing_answers() -> Non
         {"score": 0.0, "timeout": False, "no_answer": True},
         {"score": 0.0, "timeout": False, "no_answer": True},
     ]
-    assert reward_fraction_metrics(infos) == {REWARD_TIMEOUT_FRAC: 0.25, REWARD_NO_ANSWER_FRAC: 0.5}
+    assert reward_fraction_metrics(infos) == {
+        REWARD_TIMEOUT_FRAC: 0.25,
+        REWARD_NO_ANSWER_FRAC: 0.5,
+        REWARD_EMPTY_GROUND_TRUTH_FRAC: 0.0,
+    }
     assert REWARD_TIMEOUT_FRAC == "acpo/reward_timeout_frac"
     assert REWARD_NO_ANSWER_FRAC == "acpo/reward_no_answer_frac"
+
+
+def test_an_empty_ground_truth_is_warned_once_per_value_and_counted(
+    warm_scorer: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import recipe.acpo.reward.scorer as scorer_module
+
+    monkeypatch.setattr(scorer_module, "_WARNED", set())  # earlier tests may have warned about these values
+    with caplog.at_level(logging.WARNING, logger="recipe.acpo.reward.scorer"):
+        results = [warm_scorer.score("Answer: 4", truth) for truth in ["  ", "  ", None, "  ", None]]
+    assert [(r.score, r.empty_ground_truth) for r in results] == [(0.0, True)] * 5
+    warnings = [r.getMessage() for r in caplog.records if "empty ground truth" in r.getMessage()]
+    assert len(warnings) == 2 and any("'  '" in w for w in warnings) and any("None" in w for w in warnings)
+    infos = [r.as_dict() for r in results] + [warm_scorer.score("Answer: 4", "4").as_dict()]
+    assert reward_fraction_metrics(infos)[REWARD_EMPTY_GROUND_TRUTH_FRAC] == pytest.approx(5 / 6)
 
 
 def test_step_metrics_read_verl_transfer_queue_extra_fields() -> None:
@@ -287,7 +307,11 @@ def test_step_metrics_read_verl_transfer_queue_extra_fields() -> None:
         {"reward_extra_info": {"timeout": True, "no_answer": False}, "turns": 1},
         {"reward_extra_info": {"timeout": False, "no_answer": False}},
     ]
-    assert reward_fraction_metrics(extra_fields) == {REWARD_TIMEOUT_FRAC: 0.5, REWARD_NO_ANSWER_FRAC: 0.0}
+    assert reward_fraction_metrics(extra_fields) == {
+        REWARD_TIMEOUT_FRAC: 0.5,
+        REWARD_NO_ANSWER_FRAC: 0.0,
+        REWARD_EMPTY_GROUND_TRUTH_FRAC: 0.0,
+    }
 
 
 def test_step_metrics_name_the_row_scored_by_another_reward() -> None:
@@ -447,7 +471,11 @@ def test_verl_reward_loop_worker_scores_a_batch_with_the_acpo_manager(
         (False, True),
     ]
     assert single == outputs[0]
-    assert reward_fraction_metrics(infos) == {REWARD_TIMEOUT_FRAC: 0.25, REWARD_NO_ANSWER_FRAC: 0.25}
+    assert reward_fraction_metrics(infos) == {
+        REWARD_TIMEOUT_FRAC: 0.25,
+        REWARD_NO_ANSWER_FRAC: 0.25,
+        REWARD_EMPTY_GROUND_TRUTH_FRAC: 0.0,
+    }
     # verl puts each score on the last response token.
     rm_scores = ACPORewardManager.assemble_rm_scores(data, [output["reward_score"] for output in outputs])
     last_token = data.batch["attention_mask"][:, data.batch["prompts"].shape[1] :].sum(dim=1) - 1

@@ -12,6 +12,7 @@ The verl reward manager lives in :mod:`recipe.acpo.reward_manager`. Nothing here
 from recipe.acpo.reward.extract import MAX_ANSWER_CHARS, TAIL_CHARS, extract_answer
 from recipe.acpo.reward.scorer import (
     MAX_PRED_CHARS,
+    REWARD_EMPTY_GROUND_TRUTH_FRAC,
     REWARD_NO_ANSWER_FRAC,
     REWARD_TIMEOUT_FRAC,
     MathAnswerScorer,
@@ -28,6 +29,7 @@ __all__ = [
     "GOLD_UNPARSABLE",
     "MAX_ANSWER_CHARS",
     "MAX_PRED_CHARS",
+    "REWARD_EMPTY_GROUND_TRUTH_FRAC",
     "REWARD_NO_ANSWER_FRAC",
     "REWARD_TIMEOUT_FRAC",
     "TAIL_CHARS",

@@ -26,6 +26,7 @@ MAX_PRED_CHARS = 200
 
 REWARD_TIMEOUT_FRAC = "acpo/reward_timeout_frac"
 REWARD_NO_ANSWER_FRAC = "acpo/reward_no_answer_frac"
+REWARD_EMPTY_GROUND_TRUTH_FRAC = "acpo/reward_empty_ground_truth_frac"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -36,12 +37,14 @@ REWARD_NO_ANSWER_FRAC = "acpo/reward_no_answer_frac"
 @dataclass(frozen=True)
 class RewardResult:
     """One response's reward. ``no_answer``: no answer found, or none math-verify could read as an expression.
-    ``timeout``: the verifier gave no verdict (time limit, or its worker crashed)."""
+    ``timeout``: the verifier gave no verdict (time limit, or its worker crashed). ``empty_ground_truth``: the
+    sample's ground truth was missing or blank (the response scores 0)."""
 
     score: float
     no_answer: bool
     timeout: bool
     pred: str
+    empty_ground_truth: bool = False
 
     @property
     def acc(self) -> float:
@@ -55,6 +58,7 @@ class RewardResult:
             "no_answer": self.no_answer,
             "timeout": self.timeout,
             "pred": self.pred,
+            "empty_ground_truth": self.empty_ground_truth,
         }
 
 
@@ -107,8 +111,16 @@ class MathAnswerScorer:
         gold = _ground_truth_text(ground_truth)
         if answer is None or len(answer) > MAX_ANSWER_CHARS or gold is None:
             if gold is None:
-                logger.warning("acpo reward: empty ground truth %r; the response scores 0", ground_truth)
-            result.set_result(RewardResult(0.0, no_answer=True, timeout=False, pred=(answer or "")[:MAX_PRED_CHARS]))
+                _warn_once("empty ground truth %r; its responses score 0", ground_truth)
+            result.set_result(
+                RewardResult(
+                    0.0,
+                    no_answer=True,
+                    timeout=False,
+                    pred=(answer or "")[:MAX_PRED_CHARS],
+                    empty_ground_truth=gold is None,
+                )
+            )
             return result
         outcome = self.pool.submit(gold, answer, self.settings.verify_time_limit_s)
         outcome.add_done_callback(lambda done: _resolve(result, done, answer, gold))
@@ -132,13 +144,18 @@ def _ground_truth_text(ground_truth: Any) -> str | None:
     return text or None
 
 
-_WARNED_GROUND_TRUTHS: set[str] = set()
+# (message, value) pairs already warned about: a data set with one bad ground truth repeated over thousands of
+# samples logs it once; bounded so that a stream of distinct bad values cannot grow it without end.
+_WARNED: set[tuple[str, str]] = set()
+_MAX_WARNED = 1000
 
 
-def _warn_once_about_ground_truth(ground_truth: str) -> None:
-    if ground_truth not in _WARNED_GROUND_TRUTHS and len(_WARNED_GROUND_TRUTHS) < 1000:
-        _WARNED_GROUND_TRUTHS.add(ground_truth)
-        logger.warning("acpo reward: %s %r; answers are only compared to it as text", GOLD_UNPARSABLE, ground_truth)
+def _warn_once(message: str, value: Any) -> None:
+    """Log ``message % value`` once per distinct value (``repr``), for the first ``_MAX_WARNED`` values."""
+    key = (message, repr(value))
+    if key not in _WARNED and len(_WARNED) < _MAX_WARNED:
+        _WARNED.add(key)
+        logger.warning("acpo reward: " + message, value)
 
 
 def _resolve(result: Future[RewardResult], done: Future[VerifyOutcome], answer: str, ground_truth: str) -> None:
@@ -150,7 +167,7 @@ def _resolve(result: Future[RewardResult], done: Future[VerifyOutcome], answer: 
     if outcome.status == "error":
         logger.warning("acpo reward: math-verify failed on answer %r (%s); it scores 0", answer[:80], outcome.detail)
     elif outcome.detail == GOLD_UNPARSABLE:
-        _warn_once_about_ground_truth(ground_truth)
+        _warn_once(f"{GOLD_UNPARSABLE} %r; answers are only compared to it as text", ground_truth)
     correct = outcome.status == "ok" and outcome.correct
     result.set_result(
         RewardResult(
@@ -205,7 +222,8 @@ def compute_score(
 
 
 def reward_fraction_metrics(reward_extra_infos: Sequence[Mapping[str, Any] | None]) -> dict[str, float]:
-    """Step metrics ``acpo/reward_timeout_frac`` and ``acpo/reward_no_answer_frac`` from per-sample reward infos.
+    """Step metrics ``acpo/reward_timeout_frac``, ``acpo/reward_no_answer_frac`` and
+    ``acpo/reward_empty_ground_truth_frac`` from per-sample reward infos (the last flag is optional in an info).
 
     ``reward_extra_infos[i]`` is sample i's ``reward_extra_info``, or the dict that holds it under that key: verl
     0.9.1's V1 trainer keeps it in TransferQueue as ``extra_fields[i]["reward_extra_info"]`` and never logs it for
@@ -225,7 +243,12 @@ def reward_fraction_metrics(reward_extra_infos: Sequence[Mapping[str, Any] | Non
                 )
             values.append(bool(info[key]))
     count = len(reward_extra_infos)
+    empty = sum(
+        bool(entry.get("reward_extra_info", entry).get("empty_ground_truth", False))  # type: ignore[union-attr]
+        for entry in reward_extra_infos
+    )
     return {
         REWARD_TIMEOUT_FRAC: sum(flags["timeout"]) / count,
         REWARD_NO_ANSWER_FRAC: sum(flags["no_answer"]) / count,
+        REWARD_EMPTY_GROUND_TRUTH_FRAC: empty / count,
     }
