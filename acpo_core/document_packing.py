@@ -1,8 +1,9 @@
 """§3 packed layout for flex attention: every response of a micro-batch in ONE sequence, no S x S mask.
 
 The rows ``[q_n, o_n, Y_n^(0), ..., Y_n^(K_n)]`` of :mod:`acpo_core.packing` are laid end to end as documents of one
-sequence of length S, padded by :func:`padded_width` (whole attention blocks, at most 8 lengths per doubling) so that
-the number of distinct shapes ``torch.compile`` sees stays small. Who may attend to whom is a function of five
+sequence of length S, padded by :func:`padded_width` (whole attention blocks; under a token budget, one of
+``WIDTHS_PER_BUDGET`` widths up to the budget, else at most 8 lengths per doubling) so that the number of distinct
+shapes ``torch.compile`` sees, one compiled flex kernel each, stays small. Who may attend to whom is a function of five
 per-token vectors, never a materialised [S, S] tensor:
 
 - ``document``: the row n of the token (-1 on padding);
@@ -27,10 +28,20 @@ import torch
 
 from acpo_core.attribution import AttributionBatch, AttributionLengths
 
-__all__ = ["BLOCK_SIZE", "PackedDocuments", "block_mask", "pack_documents", "packed_lengths", "padded_width"]
+__all__ = [
+    "BLOCK_SIZE",
+    "WIDTHS_PER_BUDGET",
+    "PackedDocuments",
+    "block_mask",
+    "pack_documents",
+    "packed_lengths",
+    "padded_width",
+]
 
 # flex attention's default block size: the packed length is padded to a multiple of it.
 BLOCK_SIZE = 128
+# Under a token budget, the padded widths up to the budget: budget / 8 and its multiples (one compilation each).
+WIDTHS_PER_BUDGET = 8
 
 
 @dataclass(frozen=True)
@@ -51,13 +62,26 @@ class PackedDocuments:
     num_real_tokens: int  # sum_n |q| + T + (K+1)|Y|
 
 
-def padded_width(real_tokens: int, block_size: int = BLOCK_SIZE) -> int:
-    """The sequence length ``real_tokens`` are padded to: whole blocks, at most 8 distinct lengths per doubling.
+def padded_width(real_tokens: int, block_size: int = BLOCK_SIZE, token_budget: int | None = None) -> int:
+    """The sequence length ``real_tokens`` are padded to (whole blocks), from a small set of widths.
 
-    Up to 8 blocks every block count is its own length; beyond, the count is rounded up to a multiple of
-    2^(floor(log2 blocks) - 3), so padding adds less than 1/8 and a run compiles flex attention for a few lengths.
+    Flex attention runs with static shapes, so every distinct width is one ``torch.compile`` of the kernel (tens of
+    seconds each, on every rank at once): the set of widths, not the padding, is what this bounds.
+
+    - ``token_budget`` given: widths up to the budget are the multiples of ``step``, the budget over
+      ``WIDTHS_PER_BUDGET`` rounded up to whole blocks, the last one capped at the budget (rounded up to a block), so
+      at most ``WIDTHS_PER_BUDGET`` widths; at the 7B shapes (budget 12,288) they are 1536, 3072, ..., 12288. Padding
+      adds less than ``step`` tokens; a micro-batch planned under the budget never exceeds it. A row over the budget
+      on its own (scored alone) falls back to the rule below, past the budget.
+    - otherwise: up to 8 blocks every block count is its own length; beyond, the count is rounded up to a multiple
+      of 2^(floor(log2 blocks) - 3): padding adds less than 1/8, at most 8 lengths per doubling.
     """
     blocks = max(-(-real_tokens // block_size), 1)
+    if token_budget is not None and token_budget > 0:
+        budget_blocks = -(-token_budget // block_size)
+        if blocks <= budget_blocks:
+            step = -(-budget_blocks // WIDTHS_PER_BUDGET)
+            return min(-(-blocks // step) * step, budget_blocks) * block_size
     if blocks > 8:
         step = 1 << (blocks.bit_length() - 4)
         blocks = -(-blocks // step) * step
@@ -70,9 +94,16 @@ def packed_lengths(lengths: AttributionLengths) -> torch.Tensor:
 
 
 def pack_documents(
-    batch: AttributionBatch, lengths: AttributionLengths, pad_token_id: int = 0, block_size: int = BLOCK_SIZE
+    batch: AttributionBatch,
+    lengths: AttributionLengths,
+    pad_token_id: int = 0,
+    block_size: int = BLOCK_SIZE,
+    token_budget: int | None = None,
 ) -> PackedDocuments:
-    """Lay already-checked rows end to end in one sequence (see the module docstring). Vectorised over S tokens."""
+    """Lay already-checked rows end to end in one sequence (see the module docstring). Vectorised over S tokens.
+
+    ``token_budget``: the micro-batch planner's budget, which sets the widths S is padded to (:func:`padded_width`).
+    """
     device = batch.prompt_ids.device
     prompt_len, answer_len, steps = lengths.prompt, lengths.answer, lengths.num_steps
     context_len = prompt_len + lengths.response
@@ -80,7 +111,7 @@ def pack_documents(
     ends = row_len.cumsum(0)
     starts = ends - row_len
     real = int(ends[-1])
-    width = padded_width(real, block_size)
+    width = padded_width(real, block_size, token_budget)
     column = torch.arange(width, device=device)
     is_real = column < real
     document = torch.searchsorted(ends, column, right=True).clamp(max=len(batch) - 1)

@@ -17,13 +17,19 @@ train/eval mode: callers disable dropout as for any log-prob pass. The attention
 packed forward only (:func:`attention_implementation`) and restored afterwards.
 
 Compilation (flex): transformers compiles ``flex_attention`` on first use; the packed forward runs with static
-shapes, so it compiles once per distinct padded length (:func:`acpo_core.document_packing.padded_width`: whole
-128-token blocks, at most 8 lengths per doubling; with a token budget most micro-batches share a few lengths).
-``benchmarks/bench_attribution_attention.py`` prints the count.
+shapes, so it compiles once per distinct padded length (:func:`acpo_core.document_packing.padded_width`: under a
+token budget, at most 8 widths up to it, the budget's eighths; without one, whole 128-token blocks, at most 8
+lengths per doubling). ``benchmarks/bench_attribution_attention.py`` prints the count and the padding. Flex never
+runs uncompiled (that would materialise [S, S] scores): :func:`check_flex_compilation`.
+
+Failure (FSDP): with ``process_group``, the ranks agree before each forward whether any failed
+(:mod:`acpo_core.fail_fast`), so one rank's error stops them all with its message.
 """
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -37,13 +43,15 @@ from acpo_core.attribution import (
     check_vocabulary,
     naive_sequences,
 )
-from acpo_core.document_packing import BLOCK_SIZE, block_mask, pack_documents, packed_lengths
+from acpo_core.document_packing import BLOCK_SIZE, WIDTHS_PER_BUDGET, block_mask, pack_documents, packed_lengths
+from acpo_core.fail_fast import run_in_lockstep
 from acpo_core.micro_batches import plan_micro_batches
 from acpo_core.packing import pack_rows
 
 __all__ = [
     "ATTENTION_CHOICES",
     "attention_implementation",
+    "check_flex_compilation",
     "check_scoring_inputs",
     "plan_scoring",
     "resolve_attention",
@@ -56,8 +64,11 @@ ATTENTION_CHOICES = ("auto", "flex", "sdpa")
 # Implementations that take the dense packed mask as they are.
 DENSE_MASK_ATTENTION = ("sdpa", "eager")
 FLEX_ATTENTION = "flex_attention"
-# Distinct padded lengths flex attention may be compiled for in one process (acpo_core.document_packing.padded_width).
+# Distinct padded lengths flex attention may be compiled for in one process (acpo_core.document_packing.padded_width:
+# at most 8 under a token budget, plus the rows over it; without a budget at most 8 per doubling).
 FLEX_RECOMPILE_LIMIT = 64
+# What torch warns when flex_attention runs uncompiled (torch.nn.attention.flex_attention, torch 2.5 to 2.13).
+UNCOMPILED_FLEX_WARNING = "flex_attention called without torch.compile()"
 
 
 def resolve_attention(attention: str, device: torch.device | str) -> str:
@@ -169,16 +180,21 @@ def plan_scoring(
     )
 
 
-def _dense_micro_batch(
-    model: Any, implementation: str, batch: AttributionBatch, lengths: AttributionLengths, temperature: float
-) -> torch.Tensor:
-    """L [n, K1] of one micro-batch, rows padded to the longest with the dense [n, 1, S, S] mask."""
+def _prepare_dense(
+    batch: AttributionBatch, lengths: AttributionLengths, dtype: torch.dtype, implementation: str
+) -> Any:
+    """Rows padded to the longest with the dense [n, 1, S, S] mask (the additive form for ``eager``)."""
     packed = pack_rows(batch, lengths, pad_token_id=0)
     mask = packed.attention_mask
     if implementation == "eager":
         # eager attention adds the mask to the scores; sdpa takes the boolean mask directly.
-        dtype = model.dtype
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    return packed, mask
+
+
+def _dense_micro_batch(model: Any, batch: AttributionBatch, prepared: Any, temperature: float) -> torch.Tensor:
+    """L [n, K1] of one micro-batch prepared by :func:`_prepare_dense`."""
+    packed, mask = prepared
     logits = model(
         input_ids=packed.input_ids,
         attention_mask=mask,
@@ -192,17 +208,63 @@ def _dense_micro_batch(
     return _sum_per_copy(row, copy, logprobs, packed.target_mask.shape[:2])
 
 
-def _flex_micro_batch(
-    model: Any, batch: AttributionBatch, lengths: AttributionLengths, temperature: float
-) -> torch.Tensor:
-    """L [n, K1] of one micro-batch, rows as documents of one sequence under a flex-attention BlockMask."""
-    packed = pack_documents(batch, lengths, pad_token_id=0)
-    # Static shapes: one compiled kernel per padded length (inductor's dynamic-shape flex kernel does not build on
-    # CPU with torch 2.13), and room for every padded length a run can meet.
-    with torch._dynamo.config.patch(automatic_dynamic_shapes=False, recompile_limit=FLEX_RECOMPILE_LIMIT):
+def check_flex_compilation() -> None:
+    """Refuse to run flex attention where it would not be compiled.
+
+    Uncompiled, ``flex_attention`` materialises the [heads, S, S] scores (torch warns "flex_attention called
+    without torch.compile()" and runs its reference implementation): at S = 12,288 and 28 heads that is 8 GB per
+    layer in bf16, an out-of-memory far from its cause. transformers always wraps it in ``torch.compile``; it still
+    runs uncompiled when TorchDynamo is disabled (``TORCH_COMPILE_DISABLE=1``, ``torch._dynamo.config.disable``) or
+    unsupported here, or when the compiled function hits its recompile limit (then it falls back to eager).
+    Raises:
+        RuntimeError: TorchDynamo is disabled or unsupported here.
+    """
+    if torch._dynamo.config.disable or not torch._dynamo.is_dynamo_supported():
+        raise RuntimeError(
+            "acpo.attribution.attention=flex needs torch.compile (TorchDynamo is disabled or unsupported here: "
+            "TORCH_COMPILE_DISABLE?); uncompiled flex attention materialises the full [S, S] scores: enable "
+            "compilation or set acpo.attribution.attention=sdpa"
+        )
+
+
+@contextmanager
+def _compiled_flex_only() -> Iterator[None]:
+    """The body's flex attention runs compiled, with static shapes, or raises (:func:`check_flex_compilation`).
+
+    Static shapes: one compiled kernel per padded width (inductor's dynamic-shape flex kernel does not build on CPU
+    with torch 2.13), and room for every width a run can meet (:func:`acpo_core.document_packing.padded_width`).
+    Past the recompile limit TorchDynamo would fall back to eager: ``fail_on_recompile_limit_hit`` makes that an
+    error, and torch's warning of an uncompiled call (any other fallback) is turned into one.
+    """
+    check_flex_compilation()
+    limits = {"automatic_dynamic_shapes": False, "recompile_limit": FLEX_RECOMPILE_LIMIT}
+    with torch._dynamo.config.patch(**limits, fail_on_recompile_limit_hit=True), warnings.catch_warnings():
+        warnings.filterwarnings("error", message=f".*{re.escape(UNCOMPILED_FLEX_WARNING)}", category=UserWarning)
+        try:
+            yield
+        except torch._dynamo.exc.FailOnRecompileLimitHit as err:
+            raise _uncompiled_flex_error(err) from err
+        except UserWarning as err:
+            if UNCOMPILED_FLEX_WARNING not in str(err):
+                raise
+            raise _uncompiled_flex_error(err) from err
+
+
+def _uncompiled_flex_error(cause: BaseException) -> RuntimeError:
+    return RuntimeError(
+        f"flex attention would run uncompiled ({type(cause).__name__}: {str(cause).splitlines()[0]}), materialising "
+        f"the full [S, S] scores; under a token budget (acpo.attribution.max_tokens_per_micro_batch, or the log-prob "
+        f"pass's) a run meets at most {WIDTHS_PER_BUDGET} padded widths: set one, or acpo.attribution.attention=sdpa"
+    )
+
+
+def _flex_micro_batch(model: Any, batch: AttributionBatch, prepared: Any, temperature: float) -> torch.Tensor:
+    """L [n, K1] of one micro-batch prepared by :func:`_prepare_flex`: documents of one sequence, a BlockMask."""
+    packed, mask = prepared
+    with _compiled_flex_only():
         logits = model(
             input_ids=packed.input_ids,
-            attention_mask=block_mask(packed),
+            attention_mask=mask,
             position_ids=packed.position_ids,
             logits_to_keep=packed.logit_columns,
             use_cache=False,
@@ -211,6 +273,12 @@ def _flex_micro_batch(
     kept = torch.searchsorted(packed.logit_columns, packed.predictor_columns[row, copy, offset])
     logprobs = _answer_logprobs(logits[kept], packed.target_ids[row, offset], temperature)
     return _sum_per_copy(row, copy, logprobs, packed.target_mask.shape[:2])
+
+
+def _prepare_flex(batch: AttributionBatch, lengths: AttributionLengths, token_budget: int | None) -> Any:
+    """The packed sequence (padded to one of few widths, :func:`padded_width`) and its BlockMask."""
+    packed = pack_documents(batch, lengths, pad_token_id=0, token_budget=token_budget)
+    return packed, block_mask(packed)
 
 
 def _scored_targets(
@@ -237,6 +305,7 @@ def score_answer_loglik(
     attention: str = "sdpa",
     token_budget: int | None = None,
     min_micro_batches: int = 1,
+    process_group: Any = None,
 ) -> torch.Tensor:
     """§3, packed (production) path: L_i = sum_y log pi(y | q, o_{<c_i}, Y_{<y}) for every response and i = 0..K.
 
@@ -248,24 +317,38 @@ def score_answer_loglik(
         attention: ``flex``, ``sdpa`` or ``auto`` (:func:`resolve_attention`).
         token_budget: at most this many tokens per forward (:mod:`acpo_core.micro_batches`); None: no limit.
         min_micro_batches: run at least this many forwards (equal counts on FSDP ranks).
+        process_group: the ranks that score together (FSDP; ``torch.distributed.group.WORLD`` for all): they agree
+            before every forward and after the last whether any rank failed, and all raise
+            :class:`acpo_core.fail_fast.RankFailure` naming it (:func:`acpo_core.fail_fast.run_in_lockstep`); the
+            inputs' device is the flag's. None (default): this process alone, errors are raised as they are.
     Returns:
         L: [B, Kmax+1] float32; 0 beyond K_b.
     Raises:
         ValueError: see :func:`acpo_core.attribution.check_attribution_batch`; also a token id outside the model's
         vocabulary, a bad micro-batch size, temperature or attention choice.
+        RuntimeError: flex attention would run uncompiled (:func:`check_flex_compilation`).
     """
     lengths = check_scoring_inputs(model, batch, micro_batch_size, temperature)
     path = resolve_attention(attention, batch.prompt_ids.device)
     plan = plan_scoring(model, batch, lengths, micro_batch_size, path, token_budget, min_micro_batches)
-    scores = torch.zeros(len(batch), batch.boundaries.shape[1], dtype=torch.float32, device=batch.prompt_ids.device)
+    device = batch.prompt_ids.device
+    scores = torch.zeros(len(batch), batch.boundaries.shape[1], dtype=torch.float32, device=device)
+    if path == "flex":
+        check_flex_compilation()
     with attention_implementation(model, path) as implementation:
-        for rows in plan:
+
+        def prepare(rows: torch.Tensor) -> Any:
             part, part_lengths = batch.select(rows), lengths.select(rows)
             if path == "flex":
-                micro_scores = _flex_micro_batch(model, part, part_lengths, temperature)
-            else:
-                micro_scores = _dense_micro_batch(model, implementation, part, part_lengths, temperature)
+                return _prepare_flex(part, part_lengths, token_budget)
+            return _prepare_dense(part, part_lengths, model.dtype, implementation)
+
+        def run(rows: torch.Tensor, prepared: Any) -> None:
+            forward = _flex_micro_batch if path == "flex" else _dense_micro_batch
+            micro_scores = forward(model, batch.select(rows), prepared, temperature)
             scores[rows, : micro_scores.shape[1]] = micro_scores
+
+        run_in_lockstep(plan, prepare, run, group=process_group, device=device, what="attribution scoring")
     return scores
 
 

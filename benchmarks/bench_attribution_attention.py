@@ -9,7 +9,12 @@ every packed row holds 4296 tokens. For micro-batches of n rows it prints
 - the attention FLOPs per forward (4 * pairs * heads * head_dim * layers): dense computes every (query, key) pair of
   every padded row (a mask rules out flash attention, and sdpa's kernels do not skip masked blocks); flex computes
   the pairs of the blocks its BlockMask lists (built here from the real per-token vectors, no model needed);
-- the micro-batches a token budget of 12288 (the scripts' ``log_prob_max_token_len_per_gpu``) gives each path.
+- the micro-batches a token budget of 12288 (the scripts' ``log_prob_max_token_len_per_gpu``) gives each path;
+- flex compilations: over a realistic spread of row lengths (prompt 64-1024, response 128-3072 log-uniform, K + 1 =
+  2-25 copies of |Y| = 8; 8 ranks x ``--steps-7b`` steps of 16 responses each, micro-batches of at most 8 rows under
+  the 12288 budget), the distinct padded widths (one compilation each per rank) and the mean padding fraction
+  (padding / padded width), with the budget's widths (:func:`padded_width` with the budget) and without (the
+  few-lengths-per-doubling rule flex used before).
 
 Part 2 (measured, this CPU): a random Qwen2 (hidden 256, 4 layers, built offline) scores B responses (prompt 128,
 response 1024, K = 16, |Y| = 8 by default) through both paths, each in its own process: wall time (flex: first call,
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import resource
 import subprocess
@@ -101,10 +107,37 @@ def analytic(args: argparse.Namespace) -> None:
             f"  token budget 12288, {attention}: {len(plan)} micro-batches of {[len(p) for p in plan]} rows "
             f"(fixed count before: 1 micro-batch of 8 rows, {8 * row_len} tokens)"
         )
+    one, two = padded_width(row_len, token_budget=12288), padded_width(2 * row_len, token_budget=12288)
     print(
-        f"  flex compiles once per padded length: a {row_len}-token row pads to {padded_width(row_len)}, "
-        f"two rows to {padded_width(2 * row_len)}"
+        f"  flex compiles once per padded length: a {row_len}-token row pads to {one}, two rows to {two} (budget "
+        "widths: multiples of 1536)"
     )
+    spread = width_spread(args.steps_7b)
+    print(f"  flex over a realistic spread of lengths ({args.steps_7b} steps x 8 ranks x 16 responses, budget 12288):")
+    for rule, (count, padding) in spread.items():
+        print(
+            f"    {rule:>13}: {count:>2} distinct widths (all ranks pooled: at most this many compilations per rank), "
+            f"mean padding {padding:.1%}"
+        )
+
+
+def width_spread(steps: int, ranks: int = 8, rows: int = 16, budget: int = 12288) -> dict[str, tuple[int, float]]:
+    """{rule: (distinct padded widths, mean padding fraction)} over realistic micro-batches (module docstring)."""
+    rng = random.Random(0)
+    sums = []
+    for _ in range(steps * ranks):
+        lengths = [
+            rng.randint(64, 1024) + int(math.exp(rng.uniform(math.log(128), math.log(3072)))) + rng.randint(2, 25) * 8
+            for _ in range(rows)
+        ]
+        for group in plan_micro_batches(torch.tensor(lengths), 8, budget, "flex", QWEN7B["hidden"], BLOCK_SIZE):
+            sums.append(sum(lengths[i] for i in group.tolist()))
+    result = {}
+    for rule, token_budget in (("budget widths", budget), ("per doubling", None)):
+        widths = [padded_width(n, BLOCK_SIZE, token_budget) for n in sums]
+        padding = sum((w - n) / w for w, n in zip(widths, sums, strict=True)) / len(sums)
+        result[rule] = (len(set(widths)), padding)
+    return result
 
 
 def measure_one(args: argparse.Namespace) -> None:
@@ -178,6 +211,7 @@ def measured(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows-7b", type=int, default=8, help="rows of the analytic 7B micro-batch (default 8)")
+    parser.add_argument("--steps-7b", type=int, default=50, help="steps of the analytic width spread (default 50)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--response-len", type=int, default=1024)

@@ -4,7 +4,9 @@
 # --dry-run sets DRY_RUN=1, -h/--help prints the script's header comment, and the rest are the user's Hydra
 # overrides, OVERRIDES. Defines: the settings, COMMON (Hydra overrides for every training run), EVAL_ARGS (for
 # python -m recipe.acpo.evaluate), BENCH_FILES, run() (prints, then runs unless DRY_RUN=1), and the steps every
-# script takes: check_data, train, merge, evaluate_model.
+# script takes: check_data, train, merge, evaluate_model. The model's attention (ATTN_IMPLEMENTATION, with the
+# matching use_remove_padding) and OVERRIDES reach the evaluation as well as training: a model is evaluated as it
+# was trained.
 # shellcheck shell=bash disable=SC2034
 
 DRY_RUN=0
@@ -42,9 +44,18 @@ EVAL_K=${EVAL_K:-8}
 EVAL_TEMPERATURE=${EVAL_TEMPERATURE:-$TEMPERATURE}
 EVAL_TOP_P=${EVAL_TOP_P:-1.0}
 LOGGER=${LOGGER:-"['console','tensorboard']"}
+# The model's attention in training and evaluation: flash_attention_2 (verl's default; needs flash-attn) or sdpa
+# (no flash-attn; padded batches, use_remove_padding=False). examples/attention.sh sets the overrides.
+ATTN_IMPLEMENTATION=${ATTN_IMPLEMENTATION:-flash_attention_2}
+# shellcheck source=examples/attention.sh
+source "$REPO_ROOT/examples/attention.sh"
+attention_overrides ATTN_IMPLEMENTATION
 MAX_TOKENS_PER_GPU=$(( (MAX_PROMPT_LENGTH + MAX_RESPONSE_LENGTH) * 3 ))
 # A 7B checkpoint with its optimizer state is about 91 GB (fp32 shards): keep the last few only.
 MAX_CKPT_TO_KEEP=${MAX_CKPT_TO_KEEP:-2}
+# Once a stage is merged its optimizer state (2/3 of each checkpoint) only serves a resume of that stage: drop it
+# (recipe.acpo.merge --drop-optimizer-state; DROP_OPTIMIZER_STATE=0 keeps it).
+DROP_OPTIMIZER_STATE=${DROP_OPTIMIZER_STATE:-1}
 # Absolute, so that every Ray worker (on any node, in any working directory) finds the recipe's agent loops.
 AGENT_LOOP_CONFIG=${AGENT_LOOP_CONFIG:-$REPO_ROOT/recipe/acpo/config/agent_loops.yaml}
 
@@ -73,13 +84,15 @@ train() {
 
 # merge CHECKPOINT_DIR TARGET_DIR: the last checkpoint as a Hugging Face folder.
 merge() {
-    run python -m recipe.acpo.merge --checkpoint-dir "$1" --target-dir "$2"
+    run python -m recipe.acpo.merge --checkpoint-dir "$1" --target-dir "$2" \
+        $([[ $DROP_OPTIMIZER_STATE == 1 ]] && echo --drop-optimizer-state)
 }
 
-# evaluate_model MODEL: Acc@EVAL_K on the benchmarks (markdown + JSON under $OUT_DIR/eval).
+# evaluate_model MODEL: Acc@EVAL_K on the benchmarks (markdown + JSON under $OUT_DIR/eval), with the user's overrides
+# last, as in training.
 evaluate_model() {
     run python -m recipe.acpo.evaluate --model "$1" --output-dir "$OUT_DIR/eval" --name "${EXPERIMENT}_eval" \
-        "${EVAL_ARGS[@]}"
+        "${EVAL_ARGS[@]}" "${OVERRIDES[@]}"
 }
 
 BENCH_FILES=()
@@ -104,7 +117,7 @@ COMMON=(
     actor_rollout_ref.actor.entropy_coeff=0
     actor_rollout_ref.actor.fsdp_config.param_offload=False
     actor_rollout_ref.actor.fsdp_config.optimizer_offload=False
-    actor_rollout_ref.model.use_remove_padding=True
+    "${ATTENTION_OVERRIDES[@]}"
     actor_rollout_ref.model.enable_gradient_checkpointing=True
     actor_rollout_ref.rollout.name=vllm
     actor_rollout_ref.rollout.n="$ROLLOUT_N"
@@ -141,7 +154,7 @@ EVAL_ARGS=(
     --tensor-parallel-size "$TP_SIZE"
     actor_rollout_ref.rollout.name=vllm
     actor_rollout_ref.rollout.gpu_memory_utilization="$GPU_MEMORY_UTILIZATION"
-    actor_rollout_ref.model.use_remove_padding=True
+    "${ATTENTION_OVERRIDES[@]}"
     actor_rollout_ref.actor.fsdp_config.param_offload=True
     data.filter_overlong_prompts=True
     data.truncation=error

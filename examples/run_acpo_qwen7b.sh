@@ -3,9 +3,10 @@
 #   check data -> Stage 1 (KL-free exploration, difficulty-aware sampling) -> merge the last Stage-1 checkpoint
 #   -> Stage 2 (K3 KL to the Stage-1 policy, confidence-weighted tokens) -> merge -> Acc@8 on the benchmarks.
 #
-# Usage: bash examples/run_acpo_qwen7b.sh [--dry-run] [hydra overrides applied to both stages...]
+# Usage: bash examples/run_acpo_qwen7b.sh [--dry-run] [hydra overrides applied to both stages and the evaluation...]
 # Every setting of examples/common_qwen7b.sh (shared with the GRPO baseline) comes from the environment, e.g.
 #   MODEL_PATH=/models/Qwen2.5-Math-7B STAGE1_STEPS=300 bash examples/run_acpo_qwen7b.sh trainer.logger=[console]
+# Without flash-attn: ATTN_IMPLEMENTATION=sdpa (training and evaluation load the model with torch's SDPA).
 # Prepare the data first (see README):
 #   python -m data_prep.dapo17k --input /data/dapo-math-17k.parquet --output-dir "$DATA_DIR" --val-size 512 --seed 0
 #   python -m data_prep.benchmarks --name aime2024 --input ... --output "$DATA_DIR/aime2024.parquet" (etc.)

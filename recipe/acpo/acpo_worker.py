@@ -7,9 +7,14 @@ at most ``acpo.attribution.micro_batch_size`` responses and the token budget. It
 ``compute_log_prob`` (``make_nd_compute_dataproto_dispatch_fn(mesh_name="actor")``): the driver pads the batch to a
 multiple of the data-parallel size and every data-parallel rank scores an equal share. FSDP's collective parameter
 gathers need an equal number of forward passes on every rank: the ranks agree on the largest micro-batch count (and
-on whether any share is bad) in one all-reduce before the first forward. The packed forward's attention
-implementation (flex_attention or sdpa instead of verl's flash-attention with remove-padding) is switched for that
-forward only and restored afterwards (``acpo_core.scoring.attention_implementation``).
+on whether any share is bad) in one all-reduce before the first forward. Then, before every forward and after the
+last, they agree whether any rank failed (``acpo_core.fail_fast``): an error outside the forward's collectives
+(packing a micro-batch, an out-of-memory reading the logits out) stops every rank within one micro-batch, each
+raising ``RankFailure`` with the failed rank's traceback, instead of leaving them in FSDP collectives until the NCCL
+watchdog. An error between two of the forward's own collectives is not covered (see ``acpo_core.fail_fast``). The
+packed forward's attention implementation (flex_attention or sdpa instead of verl's flash-attention with
+remove-padding) is switched for that forward only and restored afterwards
+(``acpo_core.scoring.attention_implementation``).
 
 The driver-side halves live here too, so that the wire format has one owner: :func:`attribution_request` (an
 ``acpo_core.attribution.AttributionBatch`` as a TensorDict for the worker) and :func:`build_naive_log_prob_batch`
@@ -173,6 +178,7 @@ class ACPOActorRolloutRefWorker(ActorRolloutRefWorker):
                 attention=str(settings["attention"]),
                 token_budget=settings["token_budget"],
                 min_micro_batches=micro_batches,
+                process_group=torch.distributed.group.WORLD if torch.distributed.is_initialized() else None,
             )
         return TensorDict({ANSWER_LOGLIK_KEY: scores.float().cpu()}, batch_size=[len(inputs)])
 

@@ -7,11 +7,19 @@ The one place that knows both layouts, for the tools that take a model or a chec
   shards under ``actor/``, and ``latest_checkpointed_iteration.txt``, which verl writes once a step's checkpoint
   is complete;
 - a Hugging Face model folder holds ``config.json``, the weights and (for a policy) the tokenizer files.
+
+Disk (bounded by :func:`drop_optimizer_state` and :func:`prune_step_folders`): an FSDP actor folder holds per rank
+``model_world_size_W_rank_R.pt`` (the parameters, fp32 under verl's mixed precision), ``optim_world_size_W_rank_R.pt``
+(Adam's two moments, fp32: twice the model shards) and a small ``extra_state`` file. Once a stage is merged the
+optimizer shards serve only a resume of that stage; verl's ``trainer.max_actor_ckpt_to_keep`` forgets the folders
+saved before a restart (its list of saved paths starts empty), so they are never pruned without
+:func:`prune_step_folders`.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 __all__ = [
@@ -19,12 +27,14 @@ __all__ = [
     "TOKENIZER_FILES",
     "WEIGHT_PATTERNS",
     "CheckpointError",
+    "drop_optimizer_state",
     "find_verl_actor_checkpoint",
     "has_tokenizer_files",
     "has_weights",
     "is_hf_model_folder",
     "latest_step",
     "missing_model_files",
+    "prune_step_folders",
     "step_folders",
 ]
 
@@ -32,6 +42,8 @@ LATEST_STEP_FILE = "latest_checkpointed_iteration.txt"
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _STEP_FOLDER = re.compile(r"^global_step_(\d+)$")
+# verl's FSDP checkpoint manager's optimizer shards (verl.utils.checkpoint.fsdp_checkpoint_manager).
+_OPTIMIZER_SHARD = re.compile(r"^optim_world_size_\d+_rank_\d+\.pt$")
 
 
 class CheckpointError(RuntimeError):
@@ -117,3 +129,40 @@ def find_verl_actor_checkpoint(path: Path) -> Path | None:
         return None
     latest = latest_step(path)
     return with_actor[latest] if latest in with_actor else with_actor[max(with_actor)]
+
+
+def drop_optimizer_state(root: Path) -> tuple[list[Path], int]:
+    """Delete the optimizer shards of every ``global_step_N/actor`` folder under the checkpoint root ``root``.
+
+    The model shards, ``extra_state`` and ``huggingface/`` stay (the folder can still be merged or evaluated, not
+    resumed with its optimizer). Returns the files deleted and their bytes. For a stage that is finished and merged
+    (``python -m recipe.acpo.merge --drop-optimizer-state``): at 7B this frees two thirds of each checkpoint.
+    """
+    removed: list[Path] = []
+    freed = 0
+    for _, folder in sorted(step_folders(root).items()):
+        actor = folder / "actor"
+        if not actor.is_dir():
+            continue
+        for shard in sorted(actor.iterdir()):
+            if shard.is_file() and _OPTIMIZER_SHARD.match(shard.name):
+                freed += shard.stat().st_size
+                shard.unlink()
+                removed.append(shard)
+    return removed, freed
+
+
+def prune_step_folders(root: Path, keep: int, current_step: int) -> list[Path]:
+    """Delete the ``global_step_N`` folders below ``current_step`` beyond the newest ``keep`` (counting the current).
+
+    verl's ``max_actor_ckpt_to_keep`` prunes only what the running process saved; this also catches the folders
+    left by an earlier run of the same ``trainer.default_local_dir`` (a restart). Folders above ``current_step`` (a
+    run resumed from an earlier step) are left alone. ``keep`` < 1 keeps everything. Returns the folders deleted.
+    """
+    if keep < 1:
+        return []
+    older = sorted((step for step in step_folders(root) if step < current_step), reverse=True)
+    doomed = [root / f"global_step_{step}" for step in older[keep - 1 :]]
+    for folder in doomed:
+        shutil.rmtree(folder, ignore_errors=True)
+    return doomed

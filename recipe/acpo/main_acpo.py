@@ -4,7 +4,8 @@ Configs live in ``recipe/acpo/config`` (``acpo_trainer``: verl's ``ppo_trainer``
 stage is added; ``acpo_stage1`` / ``acpo_stage2``: the two ACPO stages; ``acpo_cpu*``: the same on the CPU). Without
 ``--config-name`` the run is ACPO Stage 1 (``acpo_stage1``); ``--help`` lists the configs and the main keys. Before Ray
 starts, ``recipe.acpo.preflight`` checks the run (the ``acpo:`` block, the data files, the model path, the CPU
-preset, the micro-batch sizes, the reward manager) and stops with a message naming the file or key at fault.
+preset, flash-attn for a ``flash_attention_2`` model, the micro-batch sizes, the reward manager) and stops with a
+message naming the file or key at fault.
 
 Ray is then started (its temporary folder is ``ray_kwargs.ray_init._temp_dir``), every worker importing the CPU plugin
 (the ``verl_cpu`` package) when ``trainer.device=cpu`` (``VERL_USE_EXTERNAL_MODULES`` / ``VERL_PLATFORM`` in the
@@ -37,6 +38,7 @@ from acpo_core.config import ACPOConfig
 from recipe.acpo.preflight import (
     SetupError,
     check_acpo_block,
+    check_attention_backend,
     check_data_files,
     check_device,
     check_micro_batch_sizes,
@@ -61,6 +63,10 @@ MAIN_KEYS: dict[str, str] = {
     "trainer.n_gpus_per_node / trainer.nnodes": "training workers",
     "actor_rollout_ref.rollout.n": "responses per prompt (the GRPO group)",
     "algorithm.adv_estimator": "acpo (the stage configs) or grpo (the plain baseline)",
+    "actor_rollout_ref.model.override_config.attn_implementation": (
+        "flash_attention_2 (verl's default; needs flash-attn) or sdpa (with actor_rollout_ref.model."
+        "use_remove_padding=False; add the key with +)"
+    ),
     "acpo.<key>": "the algorithm's settings (docs/algorithm.md; validated before Ray starts)",
     "ray_kwargs.ray_init._temp_dir": "Ray's temporary folder (a private one on a shared machine)",
 }
@@ -251,6 +257,7 @@ def prepare(config: DictConfig) -> tuple[ACPOConfig, dict[str, Any]]:
     check_trainer_mode(config)
     check_rollout_seed(config)
     cpu_run = check_device(config)
+    check_attention_backend(config)
     check_model_path(config)
     check_data_files(config)
     env_vars = worker_env_vars(cpu_run)

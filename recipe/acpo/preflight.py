@@ -6,6 +6,7 @@ file at fault (``recipe.acpo.main_acpo.prepare`` runs them in order):
   ``reward_model.ground_truth``, unparsable answers ...);
 - the model path (a local Hugging Face folder, or a hub id unless ``HF_HUB_OFFLINE`` is set);
 - ``trainer.device=cpu`` without the CPU preset, or the CPU rollout on a GPU run; the synchronous V1 trainer;
+- the training model's attention: ``flash_attention_2`` (verl's default) without an importable ``flash_attn``;
 - the rollout seed (``actor_rollout_ref.rollout.seed``), from which every request's random stream is derived;
 - the micro-batch sizes, each of which must divide the batch a worker splits into micro-batches;
 - the reward manager (imported here once, so a typo fails now rather than in a Ray worker).
@@ -13,6 +14,7 @@ file at fault (``recipe.acpo.main_acpo.prepare`` runs them in order):
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from pathlib import Path
@@ -133,6 +135,69 @@ def check_device(config: DictConfig) -> bool:
             "These settings do not fit a CPU run: " + "; ".join(wrong)
         )
     return True
+
+
+# The attention the training model (actor and reference) loads with, and verl 0.9.1's choice when it is unset
+# (``HFModelConfig.__post_init__`` in verl/workers/config/model.py: ``override_config.get("attn_implementation",
+# "flash_attention_2")``, passed to ``AutoConfig.from_pretrained``; the FSDP engine loads the model with that config).
+ATTN_IMPLEMENTATION_KEY = "actor_rollout_ref.model.override_config.attn_implementation"
+REMOVE_PADDING_KEY = "actor_rollout_ref.model.use_remove_padding"
+VERL_DEFAULT_ATTN_IMPLEMENTATION = "flash_attention_2"
+
+
+def attention_implementation(config: DictConfig) -> str:
+    """The attention implementation verl loads the training model with: the override, else verl's default.
+
+    The one place that reads the attention choice (the flash-attn check below, and the CPU preset's check of the
+    same key), so that a run, its evaluation and this check all agree on what an unset key means.
+    """
+    value = OmegaConf.select(config, ATTN_IMPLEMENTATION_KEY, default=None)
+    return VERL_DEFAULT_ATTN_IMPLEMENTATION if value is None else str(value)
+
+
+def sdpa_overrides(config: DictConfig) -> list[str]:
+    """The Hydra overrides of the flash-attn-free route (torch's SDPA over padded batches, as the CPU preset runs).
+
+    ``+key=sdpa`` adds the key where the config does not have it (Hydra refuses ``key=sdpa`` then) and ``key=sdpa``
+    replaces it where it does (Hydra refuses ``+key`` then).
+    """
+    has_key = OmegaConf.select(config, ATTN_IMPLEMENTATION_KEY, default=None) is not None
+    return [f"{'' if has_key else '+'}{ATTN_IMPLEMENTATION_KEY}=sdpa", f"{REMOVE_PADDING_KEY}=False"]
+
+
+def flash_attn_import_error() -> str | None:
+    """Why ``flash_attn`` cannot be imported here (``None`` when it can).
+
+    A real import rather than a package look-up: a wheel built for another CUDA, torch or Python is found but fails
+    to load (an undefined symbol), which is the usual way a flash-attn install goes wrong.
+    """
+    try:
+        importlib.import_module("flash_attn")
+    except (ImportError, OSError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def check_attention_backend(config: DictConfig) -> None:
+    """A model to be loaded with ``flash_attention_2`` needs ``flash_attn`` importable in this environment.
+
+    Without it, transformers refuses to load the model inside every training worker, minutes after Ray started (and,
+    for an evaluation, after training). The message names the overrides of the flash-attn-free route: torch's SDPA
+    over padded batches, as the CPU preset runs.
+    """
+    implementation = attention_implementation(config)
+    if implementation != "flash_attention_2":
+        return
+    error = flash_attn_import_error()
+    if error is None:
+        return
+    unset = OmegaConf.select(config, ATTN_IMPLEMENTATION_KEY, default=None) is None
+    where = " (verl's default: the key is unset)" if unset else ""
+    raise SetupError(
+        f"{ATTN_IMPLEMENTATION_KEY}=flash_attention_2{where} needs the flash_attn package, which cannot be imported "
+        f"here ({error}). Install a flash-attn wheel built for this CUDA, torch and Python (README, GPU install), "
+        f"or run without it: {' '.join(sdpa_overrides(config))}"
+    )
 
 
 def check_trainer_mode(config: DictConfig) -> None:

@@ -100,3 +100,17 @@ def test_padded_width_uses_whole_blocks_and_few_lengths_per_doubling() -> None:
     assert len({w for w in widths if 16 * 1024 < w <= 32 * 1024}) == 8
     for n in (1153, 5000, 20_000, 65_537):
         assert n <= padded_width(n, 128) < n * 1.125 + 128
+
+
+def test_padded_width_under_a_token_budget_takes_at_most_eight_widths() -> None:
+    """At the 7B budget (12,288 tokens) every micro-batch pads to one of 8 widths: 8 compilations per rank at most."""
+    widths = {padded_width(n, 128, 12_288) for n in range(1, 12_288 + 1)}
+    assert sorted(widths) == [1536 * k for k in range(1, 9)]
+    for n in range(1, 12_288 + 1, 97):
+        assert n <= padded_width(n, 128, 12_288) < n + 1536
+    # A budget that is no multiple of 8 blocks: the last width is the budget rounded up to a block, never above.
+    uneven = {padded_width(n, 128, 10_000) for n in range(1, 10_000 + 1)}
+    assert len(uneven) == 8 and max(uneven) == 10_112
+    # A row over the budget (scored alone) falls back to the few-lengths-per-doubling rule.
+    assert padded_width(20_000, 128, 12_288) == padded_width(20_000, 128)
+    assert padded_width(300, 128, None) == padded_width(300, 128, 0) == 384

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 import torch
 
+import acpo_core.scoring as scoring
 from acpo_core.attribution import AttributionBatch, check_attribution_batch, render_answer_ids
-from acpo_core.document_packing import packed_lengths
+from acpo_core.document_packing import WIDTHS_PER_BUDGET, packed_lengths, padded_width
 from acpo_core.scoring import plan_scoring, resolve_attention, score_answer_loglik, score_answer_loglik_naive
 
 MAX_STEPS = 24
@@ -84,6 +85,43 @@ def test_flex_under_a_token_budget_scores_in_several_forwards_and_still_equals_n
     assert len(plan) >= 2
     packed = score_answer_loglik(model, batch, micro_batch_size=4, attention="flex", token_budget=budget)
     assert (packed - naive).abs().max().item() <= 1e-4
+
+
+@pytest.mark.e2e
+def test_flex_compiles_once_per_padded_width_under_a_token_budget(model: Any, batch: AttributionBatch, naive) -> None:
+    """Micro-batches of 1 to 4 rows under a budget: one compilation per distinct width (<= 8), none on a rerun."""
+    from torch._dynamo.utils import counters
+
+    lengths = check_attribution_batch(batch)
+    budget = int(packed_lengths(lengths).sum()) + 1  # every plan fits; micro-batch sizes 1, 2, 4 vary the widths
+    widths = set()
+    for rows in (1, 2, 4):
+        for group in plan_scoring(model, batch, lengths, micro_batch_size=rows, attention="flex", token_budget=budget):
+            widths.add(padded_width(int(packed_lengths(lengths)[group].sum()), token_budget=budget))
+    assert len(widths) <= WIDTHS_PER_BUDGET
+    before = counters["stats"]["unique_graphs"]
+    for rows in (1, 2, 4):
+        packed = score_answer_loglik(model, batch, micro_batch_size=rows, attention="flex", token_budget=budget)
+        assert (packed - naive).abs().max().item() <= 1e-4
+    compiled = counters["stats"]["unique_graphs"] - before
+    assert 1 <= compiled <= len(widths)  # widths compiled by earlier tests of this process are reused
+    score_answer_loglik(model, batch, micro_batch_size=1, attention="flex", token_budget=budget)
+    assert counters["stats"]["unique_graphs"] - before == compiled
+
+
+def test_flex_refuses_to_run_uncompiled(model: Any, batch: AttributionBatch, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uncompiled flex would materialise [S, S] scores: a disabled TorchDynamo, or the recompile limit, is an error."""
+    with torch._dynamo.config.patch(disable=True), pytest.raises(RuntimeError, match=r"needs torch\.compile"):
+        score_answer_loglik(model, batch, micro_batch_size=4, attention="flex")
+    # What earlier tests compiled must not decide whether the first call below fits under a limit of one graph.
+    torch._dynamo.reset()
+    monkeypatch.setattr(scoring, "FLEX_RECOMPILE_LIMIT", 1)
+    one_row = batch.select(torch.tensor([0]))
+    score_answer_loglik(model, one_row, micro_batch_size=1, attention="flex")  # the one graph the limit allows
+    wide = batch.select(torch.tensor([1] * 7))  # a width no other test of this file compiles
+    with pytest.raises(RuntimeError, match="would run uncompiled"):
+        score_answer_loglik(model, wide, micro_batch_size=7, attention="flex")
+    assert model.config._attn_implementation == "sdpa"
 
 
 def test_auto_attention_is_flex_on_an_accelerator_and_sdpa_on_cpu() -> None:

@@ -140,6 +140,44 @@ def test_grpo_baseline_has_the_same_data_model_sizes_budget_and_evaluation(runs:
     assert evaluation(grpo[3]) == evaluation(acpo[5])
 
 
+ATTN_KEY = "++actor_rollout_ref.model.override_config.attn_implementation"
+REMOVE_PADDING_KEY = "actor_rollout_ref.model.use_remove_padding"
+
+
+def test_the_evaluation_loads_the_model_as_training_did_with_the_users_overrides(runs: dict[str, Any]) -> None:
+    for train, evaluate in ((runs["acpo"][1], runs["acpo"][5]), (runs["acpo"][3], runs["acpo"][5])):
+        trained, evaluated = _overrides(train), _overrides(evaluate)
+        assert trained[ATTN_KEY] == evaluated[ATTN_KEY] == "flash_attention_2"  # verl's default, made explicit
+        assert trained[REMOVE_PADDING_KEY] == evaluated[REMOVE_PADDING_KEY] == "True"
+    assert runs["acpo"][5][-1] == runs["grpo"][3][-1] == "trainer.logger=[console]"
+
+
+@pytest.mark.parametrize("script", ["run_acpo_qwen7b.sh", "run_grpo_qwen7b.sh"])
+def test_sdpa_without_flash_attn_reaches_every_training_run_and_the_evaluation(
+    runs: dict[str, Any], script: str
+) -> None:
+    user = "+actor_rollout_ref.model.override_config.foo=1"
+    commands = _dry_run(script, {**runs["env"], "ATTN_IMPLEMENTATION": "sdpa"}, user)
+    loading = [c for c in commands if _module(c) in ("recipe.acpo.main_acpo", "recipe.acpo.evaluate")]
+    assert [_module(c) for c in loading][-1] == "recipe.acpo.evaluate" and len(loading) >= 2
+    for command in loading:
+        settings = _overrides(command)
+        assert (settings[ATTN_KEY], settings[REMOVE_PADDING_KEY]) == ("sdpa", "False")
+        assert command[-1] == user
+
+
+def test_an_unknown_attention_is_refused_naming_the_variable(runs: dict[str, Any]) -> None:
+    done = subprocess.run(
+        ["bash", str(REPO / "examples" / "run_acpo_qwen7b.sh"), "--dry-run"],
+        env={**os.environ, **runs["env"], "ATTN_IMPLEMENTATION": "flash-attn"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "ATTN_IMPLEMENTATION must be flash_attention_2" in done.stderr
+    assert "+ " not in done.stdout
+
+
 def test_evaluation_arguments_parse_with_the_tool_and_merge_flags_exist(runs: dict[str, Any]) -> None:
     evaluate = runs["acpo"][5]
     args = ev.build_parser().parse_args(evaluate[3:])

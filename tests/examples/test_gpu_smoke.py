@@ -20,19 +20,31 @@ from recipe.acpo import smoke_report
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def commands(tmp_path_factory: pytest.TempPathFactory) -> list[list[str]]:
-    smoke_dir = tmp_path_factory.mktemp("smoke")
-    done = subprocess.run(
+ATTN_KEY = "++actor_rollout_ref.model.override_config.attn_implementation"
+REMOVE_PADDING_KEY = "actor_rollout_ref.model.use_remove_padding"
+
+
+def _dry_run(smoke_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         ["bash", str(REPO / "examples" / "run_gpu_smoke.sh"), "--dry-run", "trainer.logger=[console]"],
-        env={**os.environ, "SMOKE_DIR": str(smoke_dir)},
+        env={**os.environ, "SMOKE_DIR": str(smoke_dir), **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def _printed(done: subprocess.CompletedProcess[str]) -> list[list[str]]:
     assert done.returncode == 0, done.stderr
-    assert not list(smoke_dir.iterdir()), "a dry run writes nothing"
     return [shlex.split(line[2:]) for line in done.stdout.splitlines() if line.startswith("+ ")]
+
+
+@pytest.fixture(scope="module")
+def commands(tmp_path_factory: pytest.TempPathFactory) -> list[list[str]]:
+    smoke_dir = tmp_path_factory.mktemp("smoke")
+    printed = _printed(_dry_run(smoke_dir))
+    assert not list(smoke_dir.iterdir()), "a dry run writes nothing"
+    return printed
 
 
 def _module(command: list[str]) -> str:
@@ -52,6 +64,29 @@ def test_dry_run_prints_model_data_stage1_merge_stage2_merge_evaluate_report(com
         assert train[-1] == "trainer.logger=[console]"
     evaluate = commands[7]
     assert evaluate[evaluate.index("--device") + 1] == "gpu" and evaluate[evaluate.index("--n-gpus") + 1] == "1"
+    assert evaluate[-1] == "trainer.logger=[console]"  # the user's overrides reach the evaluation too, last
+
+
+def _settings(command: list[str]) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in command if "=" in part and not part.startswith("-"))
+
+
+@pytest.mark.parametrize(("attention", "remove_padding"), [(None, "True"), ("sdpa", "False"), ("eager", "False")])
+def test_the_evaluation_loads_the_model_with_the_training_runs_attention(
+    tmp_path: Path, attention: str | None, remove_padding: str
+) -> None:
+    printed = _printed(_dry_run(tmp_path, **({"SMOKE_ATTN": attention} if attention else {})))
+    stage1, stage2, evaluate = printed[3], printed[5], printed[7]
+    for command in (stage1, stage2, evaluate):
+        settings = _settings(command)
+        assert settings[ATTN_KEY] == (attention or "flash_attention_2")
+        assert settings[REMOVE_PADDING_KEY] == remove_padding
+
+
+def test_an_unknown_attention_is_refused_naming_the_variable(tmp_path: Path) -> None:
+    done = _dry_run(tmp_path, SMOKE_ATTN="flash")
+    assert done.returncode == 2 and "SMOKE_ATTN must be flash_attention_2" in done.stderr
+    assert "+ " not in done.stdout  # refused before any command
 
 
 @pytest.mark.e2e  # starts verl, a fresh interpreter or a training run: slow on 2 cores

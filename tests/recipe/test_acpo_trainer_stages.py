@@ -61,8 +61,14 @@ def test_merge_takes_the_latest_complete_step_and_writes_a_loadable_folder(
     check_stage2_model_path(OmegaConf.create({"path": str(target)}))
     with pytest.raises(FileExistsError, match="--overwrite"):
         merge_stage1_checkpoint(checkpoints, target)
-    assert main(["--checkpoint-dir", str(checkpoints), "--target-dir", str(target), "--step", "1", "--overwrite"]) == 0
+    (checkpoints / "global_step_1" / "actor" / "optim_world_size_1_rank_0.pt").write_bytes(b"adam")
+    assert (checkpoints / "global_step_2" / "actor" / "model_world_size_1_rank_0.pt").is_file()
+    args = ["--checkpoint-dir", str(checkpoints), "--target-dir", str(target), "--step", "1", "--overwrite"]
+    assert main([*args, "--drop-optimizer-state"]) == 0
     assert json.loads((target / MERGE_RECORD).read_text())["global_step"] == 1
+    # Stage 1 is merged: its optimizer shards are gone, its model shards stay.
+    assert not (checkpoints / "global_step_1" / "actor" / "optim_world_size_1_rank_0.pt").exists()
+    assert (checkpoints / "global_step_1" / "actor" / "model_world_size_1_rank_0.pt").is_file()
 
 
 @pytest.mark.parametrize(
