@@ -113,11 +113,28 @@ def runs(testbed: tuple[Path, Path, Path], ray_dir: Path, tmp_path_factory: pyte
     return {name: _train(testbed, seed, out / name, ray_dir) for name, seed in (("a", 7), ("b", 7), ("other", 8))}
 
 
+def _discrete(record: dict[str, Any]) -> dict[str, Any]:
+    """A dumped response without its float values: what was sampled, segmented and rewarded."""
+    steps = [{k: v for k, v in step.items() if k in ("start", "end")} for step in record["steps"]]
+    dropped = ("entropy", "token_advantages", "a_base", "steps")
+    return {k: v for k, v in record.items() if k not in dropped} | {"steps": steps}
+
+
+def _floats(record: dict[str, Any]) -> list[float]:
+    """A dumped response's float values, flattened: entropies, A_base, per-step credit, per-token advantages."""
+    per_step = [float(v) for step in record["steps"] for k, v in step.items() if k not in ("start", "end", "regime")]
+    return [*record["entropy"], float(record["a_base"]), *per_step, *record["token_advantages"]]
+
+
 def test_two_runs_with_the_same_seed_are_identical(runs: dict[str, Any]) -> None:
     a, b = runs["a"], runs["b"]
     assert len(a["records"]) == 2 * 4 * 4
     assert any(r["a_base"] != 0 for r in a["records"]), "no outcome variance: the comparison would be vacuous"
-    assert a["records"] == b["records"]  # responses, rewards, advantages (base, attributed, per token)
+    # What the runs sample and score is identical: prompts, responses, tokens, steps, rewards. The dumped floats
+    # (entropy, C, advantages; rounded to 4 decimals) come from weights that drift by about 1e-7 after the first
+    # update (README, "Seeded runs"), so a rounded value may flip in its last digit: they agree within 2e-4.
+    assert [_discrete(r) for r in a["records"]] == [_discrete(r) for r in b["records"]]
+    assert [_floats(r) for r in a["records"]] == [pytest.approx(_floats(r), abs=2e-4) for r in b["records"]]
     assert sorted(a["metrics"]) == sorted(b["metrics"]) == [1, 2]
     for step in a["metrics"]:
         ma, mb = a["metrics"][step], b["metrics"][step]
