@@ -313,10 +313,10 @@ def testbed_batch(
     """Sampled testbed responses (:func:`answer_renderings`), their tables, the policy and the first wrong tokens."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from data_prep.arithmetic_steps import TaskSpec, generate
     from recipe.acpo.step_dump import token_text_table
     from recipe.acpo.testbed.policy import answer_of
     from recipe.acpo.testbed.slips import first_wrong_tokens
+    from recipe.acpo.testbed.task import TaskSpec, generate
 
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32, attn_implementation="sdpa").eval()

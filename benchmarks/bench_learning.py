@@ -37,8 +37,8 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from data_prep.step_check import check_steps
 from recipe.acpo.testbed.curve import accuracy_points
+from recipe.acpo.testbed.step_check import check_steps
 
 ARMS = ("grpo", "acpo_noattr", "acpo")
 ARM_LABELS = {"grpo": "(a) verl GRPO", "acpo_noattr": "(b) ACPO alpha=0", "acpo": "(c) ACPO"}
@@ -291,7 +291,7 @@ def prepare(work: Path, args: argparse.Namespace, start: float) -> tuple[Path, P
         _log(start, f"generating {args.train_size} training and {args.val_size} held-out problems in {data}")
         _run(
             [
-                *(sys.executable, "-m", "data_prep.arithmetic_steps", "--output-dir", str(data)),
+                *(sys.executable, "-m", "recipe.acpo.testbed.task", "--output-dir", str(data)),
                 *("--num-train", str(args.train_size), "--num-val", str(args.val_size), "--seed", "0"),
             ],
             work / "data.log",

@@ -30,9 +30,9 @@ from typing import Any
 import torch
 
 from acpo_core.baseline import grpo_outcome_advantage
-from data_prep.arithmetic_steps import StepProblem, TaskSpec, generate
 from recipe.acpo.testbed.demonstrations import hasty_line_share, is_hasty_line
 from recipe.acpo.testbed.policy import answer_of, sample_responses
+from recipe.acpo.testbed.task import StepProblem, TaskSpec, generate
 
 DIRECTIONS = ("grpo", "negated", "noise")
 # The held-out pool and seed of the policy build's own evaluation (recipe.acpo.testbed.policy.build_policy).

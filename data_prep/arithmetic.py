@@ -50,6 +50,19 @@ def parse_num_ops(text: str) -> tuple[int, int]:
     return low, high
 
 
+def evaluate(left: int, operator: str, right: int) -> int | None:
+    """``left OP right`` in integers; None for a division that is not exact (or by zero)."""
+    if operator == "+":
+        return left + right
+    if operator == "-":
+        return left - right
+    if operator == "*":
+        return left * right
+    if right == 0 or left % right:
+        return None
+    return left // right
+
+
 def make_problem(rng: random.Random, num_ops: int, max_start: int = 50, max_value: int = 1000) -> ArithmeticProblem:
     """A problem with exactly ``num_ops`` operations; every value along the way is an integer in [1, max_value]."""
     name, items = rng.choice(NAMES), rng.choice(ITEMS)

@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data_prep.arithmetic import evaluate
 from data_prep.cli import module_parser, run_tool
 from data_prep.schema import DataError
-from data_prep.step_check import evaluate
 
 __all__ = [
     "FIELDS",

@@ -93,7 +93,7 @@ if [[ "$DEMO_MODEL" == testbed ]]; then
         echo "reusing $MODEL"
     fi
     phase "data: $DEMO_TRAIN_SIZE training and $DEMO_EVAL_SIZE held-out problems ($DEMO_NUM_OPS operations, one step a line)"
-    run_logged data python -m data_prep.arithmetic_steps --output-dir "$DATA" --num-train "$DEMO_TRAIN_SIZE" \
+    run_logged data python -m recipe.acpo.testbed.task --output-dir "$DATA" --num-train "$DEMO_TRAIN_SIZE" \
         --num-val "$DEMO_EVAL_SIZE" --num-ops "$DEMO_NUM_OPS" --seed "$DEMO_SEED"
 else
     phase "model: $DEMO_MODEL (built offline from PyPI packages, no model hub)"

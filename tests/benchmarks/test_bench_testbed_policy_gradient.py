@@ -48,7 +48,7 @@ def test_a_policy_gradient_step_raises_the_response_with_positive_advantage_and_
 
 
 def test_held_out_breakdown_splits_accuracy_by_whether_a_response_has_a_hasty_line() -> None:
-    from data_prep.arithmetic_steps import TaskSpec, generate
+    from recipe.acpo.testbed.task import TaskSpec, generate
 
     problem = generate(1, TaskSpec(num_ops=(2, 2)), seed=0, pool="rl")[0]
     answer = problem.answer

@@ -21,7 +21,7 @@ from data_prep.labelled_traces import (
     trace_token_inputs,
     write_labelled_traces,
 )
-from data_prep.step_check import check_steps
+from recipe.acpo.testbed.step_check import check_steps
 
 VALID = {
     "question": "What is 2 + 3?",

@@ -45,7 +45,7 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]
         hidden_size=32, num_layers=1, num_heads=2, sft_problems=200, sft_steps=8, batch_size=8, eval_problems=4
     )
     build_policy(root / "policy", seed=0, policy=spec, log=lambda _: None)
-    command = [sys.executable, "-m", "data_prep.arithmetic_steps", "--output-dir", str(root / "data")]
+    command = [sys.executable, "-m", "recipe.acpo.testbed.task", "--output-dir", str(root / "data")]
     command += ["--num-train", "8", "--num-val", "4", "--num-ops", "2", "--seed", "0"]
     subprocess.run(command, cwd=REPO, check=True, capture_output=True, timeout=300)
     return (

@@ -110,7 +110,7 @@ class FakeCheck:
 
 
 def _checker_for(wrong_text: str):
-    """A stand-in for data_prep.step_check.check_steps: the first occurrence of ``wrong_text`` is the wrong one."""
+    """A stand-in for the testbed's ``check_steps``: the first occurrence of ``wrong_text`` is the wrong one."""
 
     def check_steps(response: str) -> FakeCheck:
         at = response.find(wrong_text)
@@ -157,8 +157,8 @@ def test_only_testbed_responses_are_checked_and_a_checker_error_leaves_the_respo
 
 
 def test_the_testbed_step_checker_marks_the_first_wrong_equation_of_a_dumped_response() -> None:
-    from data_prep.arithmetic_steps import DATA_SOURCE
     from recipe.acpo.report.testbed import TESTBED_DATA_SOURCES, load_step_checker
+    from recipe.acpo.testbed.task import DATA_SOURCE
 
     assert DATA_SOURCE in TESTBED_DATA_SOURCES
     checker = load_step_checker()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from data_prep.arithmetic_steps import TaskSpec, generate
-from data_prep.step_check import check_steps, evaluate
+from data_prep.arithmetic import evaluate
 from recipe.acpo.testbed.demonstrations import HASTY_LEAD, HASTY_RELATION, demonstration, hasty_line_share
 from recipe.acpo.testbed.policy import answer_of
+from recipe.acpo.testbed.step_check import check_steps
+from recipe.acpo.testbed.task import TaskSpec, generate
 
 PROBLEMS = generate(400, TaskSpec(num_ops=(2, 3)), seed=5, pool="policy")
 

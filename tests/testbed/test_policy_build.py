@@ -67,7 +67,7 @@ def test_the_folder_loads_with_auto_classes_and_its_chat_template_gives_the_gene
 
 
 def test_scoring_reads_the_last_answer_line_and_counts_unparsable_wrong_responses() -> None:
-    from data_prep.arithmetic_steps import StepProblem
+    from recipe.acpo.testbed.task import StepProblem
 
     problem = StepProblem(start=8, operations=(("add", 4), ("sub", 2)))
     assert answer_of("First, 8 + 4 = 12.\nAnswer: 3\nAnswer: 10") == 10

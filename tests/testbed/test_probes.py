@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 
 from acpo_core.attribution import answer_value_span
-from data_prep.arithmetic_steps import StepProblem, TaskSpec, generate
 from recipe.acpo.testbed.__main__ import main
 from recipe.acpo.testbed.demonstrations import demonstration
 from recipe.acpo.testbed.forecast import forecast_table
 from recipe.acpo.testbed.policy import PolicySpec, _batch, _encode, answer_of, training_sequences
 from recipe.acpo.testbed.probes import committed_value, cuts, draw_probes, probe_example
+from recipe.acpo.testbed.task import StepProblem, TaskSpec, generate
 from recipe.acpo.testbed.tokenizer import train_tokenizer
 
 PROBLEMS = generate(300, TaskSpec(), seed=3, pool="policy")

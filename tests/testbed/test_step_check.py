@@ -1,10 +1,10 @@
-"""data_prep.step_check on hand-written responses: right, wrong, wrong then consistent, unparsable."""
+"""recipe.acpo.testbed.step_check on hand-written responses: right, wrong, wrong then consistent, unparsable."""
 
 from __future__ import annotations
 
 import pytest
 
-from data_prep.step_check import check_steps
+from recipe.acpo.testbed.step_check import check_steps
 
 RIGHT = "First, 16 - 11 = 5.\nThen, 5 * 3 = 15.\nAnswer: 15"
 

@@ -1,8 +1,8 @@
 """Marks, on the arithmetic testbed, the first wrong equation of each dumped response (the testbed's step checker).
 
-The checker is ``data_prep.step_check.check_steps`` (the arithmetic testbed); it is imported lazily, so the report
-works, without the marks, in an installation that lacks it. The mark says which tokens hold the first wrong equation,
-which step they fall in, and whether that step is the one the attribution blamed most: the question "does ACPO
+The checker is ``recipe.acpo.testbed.step_check.check_steps`` (the arithmetic testbed); it is imported lazily, so the
+report works, without the marks, in an installation that lacks it. The mark says which tokens hold the first wrong
+equation, which step they fall in, and whether that step is the one the attribution blamed most: the question "does ACPO
 blame the wrong step?" read off one response.
 """
 
@@ -20,9 +20,9 @@ logger = logging.getLogger(__name__)
 
 
 def load_step_checker() -> StepChecker | None:
-    """``data_prep.step_check.check_steps``, or None when this installation has no testbed checker."""
+    """``recipe.acpo.testbed.step_check.check_steps``, or None when this installation has no testbed checker."""
     try:
-        from data_prep.step_check import check_steps
+        from recipe.acpo.testbed.step_check import check_steps
     except ImportError:
         return None
     return check_steps

@@ -2,8 +2,8 @@
 
 What RL does on it, measured: docs/learning.md.
 
-- the task and its data files: ``data_prep.arithmetic_steps`` (data_source ``arithmetic_steps``), its step checker
-  ``data_prep.step_check``;
+- the task and its data files: ``recipe.acpo.testbed.task`` (data_source ``arithmetic_steps``), its step checker
+  ``recipe.acpo.testbed.step_check``;
 - the policy: ``build_policy`` (``recipe.acpo.testbed.policy``), a ~0.5M-parameter Llama with its own byte-level BPE
   tokenizer, fine-tuned offline on demonstrations whose lines are careful or hasty (``demonstrations``);
 - the verl settings: ``recipe/acpo/config/testbed/arithmetic_steps.yaml`` (``+testbed=arithmetic_steps`` on any
@@ -12,6 +12,16 @@ What RL does on it, measured: docs/learning.md.
 Command line: ``python -m recipe.acpo.testbed {build,data} OUT_DIR``.
 """
 
-from recipe.acpo.testbed.policy import BuildReport, PolicySpec, build_policy
+from typing import Any
 
 __all__ = ["BuildReport", "PolicySpec", "build_policy"]
+
+
+def __getattr__(name: str) -> Any:
+    # The policy builder imports torch and transformers; the task's data command (``python -m
+    # recipe.acpo.testbed.task``) and the step checker need neither, so the builder loads on first use.
+    if name in __all__:
+        from recipe.acpo.testbed import policy
+
+        return getattr(policy, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

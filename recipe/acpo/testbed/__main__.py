@@ -17,9 +17,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from data_prep.arithmetic_steps import add_task_arguments, task_spec, write_dataset
 from data_prep.cli import module_parser
 from data_prep.schema import DataError
+from recipe.acpo.testbed.task import add_task_arguments, task_spec, write_dataset
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -15,7 +15,7 @@ mistakes (misread operands, wrong sums) have no common cause RL could remove in 
 fine-tuned on these demonstrations also imitates a *choice* (careful or hasty line, at the line's first token, a
 high-entropy token) with a known cost (a hasty line slips half the time, and a slip is a single wrong step that
 decides the outcome). That is the situation step-level credit is meant for: the crucial step is identifiable
-(``data_prep.step_check`` finds it), and a policy that learns to avoid it gains accuracy.
+(``recipe.acpo.testbed.step_check`` finds it), and a policy that learns to avoid it gains accuracy.
 
 The estimate sign ``~`` sits right before the result it governs. With ``=`` there as well, a policy of this size
 (2 layers) did not tie its slips to the lead five tokens back, and at temperature 1 its careful lines slipped about
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import random
 
-from data_prep.arithmetic_steps import StepProblem, apply_operation, render_solution
+from recipe.acpo.testbed.task import StepProblem, apply_operation, render_solution
 
 HASTY_LEAD = "Quick"
 HASTY_RELATION = "~"

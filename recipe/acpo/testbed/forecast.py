@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from data_prep.arithmetic_steps import StepProblem, TaskSpec
 from recipe.acpo.testbed.policy import (
     REPORT_FILE,
     _encode,
@@ -28,6 +27,7 @@ from recipe.acpo.testbed.policy import (
     sample_responses,
 )
 from recipe.acpo.testbed.probes import committed_value, cuts, prefix_ids
+from recipe.acpo.testbed.task import StepProblem, TaskSpec
 
 TEMPLATE_CUE = "Answer:"  # today's answer template, "Answer: {answer}", without its value
 _VALUE = re.compile(r"^\s*(-?\d+)")

@@ -1,7 +1,7 @@
 """Build the testbed policy offline: a ~0.5M-parameter Llama fine-tuned on demonstrations of the testbed task.
 
 ``build_policy(out_dir, seed)`` draws fine-tuning problems from the task's ``policy`` pool
-(``data_prep.arithmetic_steps``; the RL train and validation files use the other pool), writes a demonstration of
+(``recipe.acpo.testbed.task``; the RL train and validation files use the other pool), writes a demonstration of
 each (its reference steps, some lines written hastily and some of those with a slip:
 ``recipe.acpo.testbed.demonstrations``), trains the tokenizer on them (``recipe.acpo.testbed.tokenizer``), trains a
 small Llama by supervised fine-tuning on what an RL response looks like (the chat-templated prompt, then the steps,
@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_prep.arithmetic_steps import StepProblem, TaskSpec, generate
-from data_prep.step_check import check_steps
 from recipe.acpo.testbed.demonstrations import demonstration, hasty_line_share
+from recipe.acpo.testbed.step_check import check_steps
+from recipe.acpo.testbed.task import StepProblem, TaskSpec, generate
 from recipe.acpo.testbed.tokenizer import train_tokenizer
 
 _ANSWER = re.compile(r"^\s*Answer:\s*(-?\d+)\s*$", re.MULTILINE)

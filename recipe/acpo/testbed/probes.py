@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from data_prep.arithmetic_steps import StepProblem, apply_operation
-from data_prep.step_check import check_steps
 from recipe.acpo.testbed.policy import answer_of
+from recipe.acpo.testbed.step_check import check_steps
+from recipe.acpo.testbed.task import StepProblem, apply_operation
 
 ANSWER_PREFIX = "Answer:"
 

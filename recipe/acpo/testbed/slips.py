@@ -1,8 +1,8 @@
 """Where a testbed response first goes wrong, in tokens: the label the credit benchmark, the oracle judge and the
 report compare step credit with.
 
-The testbed's step checker (``data_prep.step_check.check_steps``) finds the first wrong equation of a response as
-character offsets; these functions turn it into token indices of the response, so it can be matched with ACPO's steps
+The testbed's step checker (``recipe.acpo.testbed.step_check.check_steps``) finds the first wrong equation of a response
+as character offsets; these functions turn it into token indices of the response, so it can be matched with ACPO's steps
 (the step holding the equation's first token is the slip step).
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from data_prep.step_check import check_steps
+from recipe.acpo.testbed.step_check import check_steps
 
 __all__ = ["TESTBED_DATA_SOURCES", "first_wrong_token_span", "first_wrong_tokens"]
 

@@ -1,6 +1,6 @@
 """Check a worked arithmetic solution one equation at a time: which step is the first to go wrong.
 
-The testbed task (``data_prep.arithmetic_steps``) asks for a solution written one operation per line::
+The testbed task (``recipe.acpo.testbed.task``) asks for a solution written one operation per line::
 
     First, 16 - 11 = 5.
     Then, 5 * 3 = 15.
@@ -22,7 +22,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Equation", "StepCheck", "check_steps", "evaluate"]
+from data_prep.arithmetic import evaluate
+
+__all__ = ["Equation", "StepCheck", "check_steps"]
 
 _OPERATORS = {"+": "+", "-": "-", "*": "*", "x": "*", "×": "*", "/": "/", "÷": "/"}
 # An integer, an operator, an integer, '=' (or '~'), an integer. The minus of a negative operand must touch its digits
@@ -59,19 +61,6 @@ class StepCheck:
     def all_correct(self) -> bool:
         """At least one equation, and every one right and chained to the one before."""
         return self.parsed and self.first_wrong is None
-
-
-def evaluate(left: int, operator: str, right: int) -> int | None:
-    """``left OP right`` in integers; None for a division that is not exact (or by zero)."""
-    if operator == "+":
-        return left + right
-    if operator == "-":
-        return left - right
-    if operator == "*":
-        return left * right
-    if right == 0 or left % right:
-        return None
-    return left // right
 
 
 def check_steps(response: str, start: int | None = None) -> StepCheck:

@@ -1,13 +1,13 @@
-"""data_prep.arithmetic_steps: deterministic, disjoint pools and splits, reference solutions the checker accepts."""
+"""recipe.acpo.testbed.task: deterministic, disjoint pools and splits, reference solutions the checker accepts."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from data_prep.arithmetic_steps import DATA_SOURCE, TaskSpec, generate, main, pool_of, write_dataset
 from data_prep.schema import DataError, check_parquet
-from data_prep.step_check import check_steps
+from recipe.acpo.testbed.step_check import check_steps
+from recipe.acpo.testbed.task import DATA_SOURCE, TaskSpec, generate, main, pool_of, write_dataset
 
 
 def test_reference_solutions_pass_the_step_checker_and_end_with_the_answer() -> None:
@@ -66,3 +66,16 @@ def test_the_command_line_writes_the_same_files_for_the_same_arguments(tmp_path,
         pd.testing.assert_frame_equal(a, b)
     with pytest.raises(SystemExit):
         main(["--output-dir", str(tmp_path / "c"), "--operations", "add,pow"])
+
+
+def test_the_old_data_prep_command_names_the_new_one() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "data_prep.arithmetic_steps", "--output-dir", "x"], capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert "python -m recipe.acpo.testbed.task" in done.stderr
+    with pytest.raises(ImportError, match=r"recipe\.acpo\.testbed\.task"):
+        import data_prep.arithmetic_steps  # noqa: F401
