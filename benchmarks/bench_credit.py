@@ -52,6 +52,7 @@ from acpo_core.config import ACPOConfig  # noqa: E402
 from acpo_core.scoring import score_answer_loglik  # noqa: E402
 from acpo_core.segmentation import VocabTables, segmentation_from_boundaries  # noqa: E402
 from acpo_core.step import ACPOBatch, ACPOStepResult, compute_acpo_step  # noqa: E402
+from recipe.acpo.testbed.slips import most_blamed_step  # noqa: E402
 
 TESTBED_CONFIG = ROOT / "recipe/acpo/config/testbed/arithmetic_steps.yaml"
 # The spec's reading of §3-4: every credit switch at the value the spec reads (acpo_core.config's attr_total default
@@ -131,8 +132,7 @@ def _hit_rates(rows: Sequence[ResponseCredit]) -> dict[str, Any]:
     for row in rows:
         k, slip = len(row.contributions), row.slip_step
         assert slip is not None
-        worst = min(range(k), key=row.attributed.__getitem__)
-        most_blamed.append(float(row.attributed[worst] < 0 and worst == slip))
+        most_blamed.append(float(most_blamed_step(row.attributed) == slip))
         lowest_c.append(float(min(range(k), key=row.contributions.__getitem__) == slip))
         chance.append(1.0 / k)
         c_slip = row.contributions[slip]
@@ -467,8 +467,7 @@ def load_causal_lm(name: str) -> tuple[Any, Any]:
 
 def dump_responses(directory: Path) -> list[ResponseCredit]:
     """The credit a finished run wrote to its step dump, with the step checker's slip steps (testbed records)."""
-    from recipe.acpo.report.testbed import first_wrong_mark
-    from recipe.acpo.testbed.slips import TESTBED_DATA_SOURCES, check_steps
+    from recipe.acpo.testbed.slips import TESTBED_DATA_SOURCES, first_wrong_mark
 
     files = sorted(directory.glob("step_*.jsonl"))
     if not files:
@@ -488,7 +487,7 @@ def dump_responses(directory: Path) -> list[ResponseCredit]:
                 raise ValueError(f"{file}: line {number}: not a step-dump record ({err})") from err
             mark = None
             if not correct and record.get("data_source") in TESTBED_DATA_SOURCES:
-                mark = first_wrong_mark(record, check_steps)
+                mark = first_wrong_mark(record)
             ratio = sum(a / base for a in token_advantages) if base else 0.0
             out.append(
                 ResponseCredit(

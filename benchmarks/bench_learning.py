@@ -38,6 +38,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from recipe.acpo.testbed.curve import accuracy_points
+from recipe.acpo.testbed.slips import first_wrong_mark
 from recipe.acpo.testbed.step_check import check_steps
 
 ARMS = ("grpo", "acpo_noattr", "acpo")
@@ -69,36 +70,10 @@ def first_gain_step(points: Sequence[tuple[int, float]], gain: float = GAIN_POIN
     return next((step for step, acc in points if acc >= start + gain - 1e-12), None)
 
 
-def slip_step(record: dict) -> int | None:
-    """Index of the step holding the first wrong equation of a dumped wrong response (None: none identified).
-
-    The character offset of token i is the summed length of the token texts before it; the steps' start/end are
-    token indices (end exclusive).
-    """
-    tokens = record.get("tokens") or []
-    text = "".join(tokens)
-    check = check_steps(text)
-    if check.first_wrong is None:
-        return None
-    char = check.equations[check.first_wrong].start
-    offset = 0
-    token_index = None
-    for i, token in enumerate(tokens):
-        if offset <= char < offset + len(token):
-            token_index = i
-            break
-        offset += len(token)
-    if token_index is None:
-        return None
-    for k, step in enumerate(record.get("steps") or []):
-        if step["start"] <= token_index < step["end"]:
-            return k
-    return None
-
-
 def hit_stats(records: Iterable[dict]) -> dict:
-    """Over wrong responses with an identified slip: how often the argmin-C step is the slip step, against chance."""
-    hits = total = 0
+    """Over wrong responses with an identified slip (``recipe.acpo.testbed.slips``): how often the lowest-C step
+    (``hit_rate``) and the most blamed step (``most_blamed_hit_rate``) are the slip step, against chance (1/K)."""
+    hits = blame_hits = total = 0
     chance = 0.0
     a_attr_on_slip: list[float] = []
     correct = correct_with_slip = 0
@@ -111,12 +86,14 @@ def hit_stats(records: Iterable[dict]) -> dict:
             continue
         if len(steps) < 1:
             continue
-        k = slip_step(record)
-        if k is None:
+        mark = first_wrong_mark(record)
+        if mark is None:
             continue
+        k = mark["step"]
         contributions = [step["C"] for step in steps]
         lowest = min(range(len(steps)), key=lambda i: contributions[i])
         hits += int(lowest == k)
+        blame_hits += int(mark["blame_hit"])
         total += 1
         chance += 1.0 / len(steps)
         if steps[k].get("a_attr") is not None:
@@ -124,6 +101,7 @@ def hit_stats(records: Iterable[dict]) -> dict:
     return {
         "responses": total,
         "hit_rate": hits / total if total else float("nan"),
+        "most_blamed_hit_rate": blame_hits / total if total else float("nan"),
         "chance": chance / total if total else float("nan"),
         "a_attr_on_slip_mean": statistics.fmean(a_attr_on_slip) if a_attr_on_slip else float("nan"),
         "a_attr_on_slip_negative_frac": (
@@ -172,6 +150,7 @@ def summarize(runs: Sequence[dict]) -> dict:
         for phase in ("early", "late"):
             if hits:
                 entry[f"hit_{phase}"] = mean_std([h[phase]["hit_rate"] for h in hits])
+                entry[f"blamed_{phase}"] = mean_std([h[phase].get("most_blamed_hit_rate", math.nan) for h in hits])
                 entry[f"chance_{phase}"] = mean_std([h[phase]["chance"] for h in hits])
                 entry[f"a_attr_slip_{phase}"] = mean_std([h[phase]["a_attr_on_slip_mean"] for h in hits])
                 entry[f"lucky_{phase}"] = mean_std(
@@ -208,7 +187,10 @@ def format_table(summary: dict) -> str:
                 if f"hit_{phase}" in entry
                 else "-"
             )
-        rows.append((f"argmin-C hit {phase} (%)", cells))
+        rows.append((f"lowest-C hit {phase} (%)", cells))
+    for phase in ("early", "late"):
+        cells = [_pm(summary[a][f"blamed_{phase}"]) if f"blamed_{phase}" in summary[a] else "-" for a in arms]
+        rows.append((f"most-blamed hit {phase} (%)", cells))
     for phase in ("early", "late"):
         cells = [
             "{:+.2f} ± {:.2f}".format(*summary[a][f"a_attr_slip_{phase}"])

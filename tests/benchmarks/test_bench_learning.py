@@ -41,10 +41,12 @@ def test_mean_std_and_first_gain_step() -> None:
     assert bench.first_gain_step([]) is None
 
 
-def test_slip_step_finds_the_step_holding_the_first_wrong_equation() -> None:
-    assert bench.slip_step(_record(WRONG_SECOND, [0.1, -0.5, 0.0, 0.2])) == 1
+def test_the_slip_step_of_a_record_without_boundaries_comes_from_its_steps() -> None:
+    from recipe.acpo.testbed.slips import first_wrong_mark
+
+    assert first_wrong_mark(_record(WRONG_SECOND, [0.1, -0.5, 0.0, 0.2]))["step"] == 1
     right = ["First, 3 + 4 = 7.\n", "Then, 7 * 2 = 14.\n", "Answer: 14"]
-    assert bench.slip_step(_record(right, [0.1, 0.1, 0.1])) is None
+    assert first_wrong_mark(_record(right, [0.1, 0.1, 0.1])) is None
 
 
 def test_hit_stats_against_chance() -> None:
@@ -58,6 +60,8 @@ def test_hit_stats_against_chance() -> None:
     assert stats["correct_with_wrong_step_frac"] == pytest.approx(1 / 2)
     assert stats["responses"] == 3
     assert stats["hit_rate"] == pytest.approx(2 / 3)
+    # Most blamed = the most negative A_attr: step 1 in ``hit``; none in ``miss`` and ``two_steps`` (no A_attr < 0).
+    assert stats["most_blamed_hit_rate"] == pytest.approx(1 / 3)
     assert stats["chance"] == pytest.approx((1 / 4 + 1 / 4 + 1 / 2) / 3)
     assert stats["a_attr_on_slip_mean"] == pytest.approx((-0.3 + 0.1 + 0.0) / 3)
     assert stats["a_attr_on_slip_negative_frac"] == pytest.approx(1 / 3)

@@ -13,7 +13,7 @@ from recipe.acpo.report import build_report
 from recipe.acpo.report.__main__ import main
 from recipe.acpo.report.load import read_dump, read_metrics
 from recipe.acpo.report.plots import PANELS
-from recipe.acpo.report.testbed import annotate_first_wrong, first_wrong_mark
+from recipe.acpo.testbed.slips import annotate_first_wrong, first_wrong_mark
 
 
 def _embedded(page: str) -> dict:
@@ -153,16 +153,13 @@ def test_only_testbed_responses_are_checked_and_a_checker_error_leaves_the_respo
     assert annotate_first_wrong(records, checker) == 1
     assert records[0]["first_wrong"]["step"] == 0 and records[0]["first_wrong"]["blame_hit"] is False
     assert "first_wrong" not in records[1] and "first_wrong" not in records[2]
-    assert annotate_first_wrong(records, None) == 0
 
 
 def test_the_testbed_step_checker_marks_the_first_wrong_equation_of_a_dumped_response() -> None:
-    from recipe.acpo.report.testbed import TESTBED_DATA_SOURCES, load_step_checker
+    from recipe.acpo.testbed.slips import TESTBED_DATA_SOURCES
     from recipe.acpo.testbed.task import DATA_SOURCE
 
     assert DATA_SOURCE in TESTBED_DATA_SOURCES
-    checker = load_step_checker()
-    assert checker is not None
     tokens = ["First", ",", " 16", " -", " 11", " =", " 5", ".\n", "Then", ",", " 5", " *", " 3", " =", " 16", ".\n"]
     tokens += ["Answer", ":", " 16"]
     record = {
@@ -171,7 +168,7 @@ def test_the_testbed_step_checker_marks_the_first_wrong_equation_of_a_dumped_res
         "boundaries": [0, 8, 16, 19],
         "steps": [{"a_attr": 0.2}, {"a_attr": -0.6}, {"a_attr": -0.1}],
     }
-    assert annotate_first_wrong([record], checker) == 1
+    assert annotate_first_wrong([record]) == 1
     mark = record["first_wrong"]
     assert mark["text"] == "5 * 3 = 16"
     assert (mark["token_start"], mark["token_end"], mark["step"], mark["blame_hit"]) == (10, 15, 1, True)

@@ -23,7 +23,7 @@ from recipe.acpo.report.load import (
     read_metrics,
 )
 from recipe.acpo.report.plots import render_panels
-from recipe.acpo.report.testbed import annotate_first_wrong, load_step_checker
+from recipe.acpo.testbed.slips import annotate_first_wrong
 
 __all__ = ["ReportSummary", "build_report"]
 
@@ -46,7 +46,6 @@ class ReportSummary:
     dump_skipped_lines: int
     plots: int
     first_wrong_marked: int
-    step_checker: bool
 
 
 def _finite(value: Any) -> Any:
@@ -136,8 +135,7 @@ def build_report(
         )
     metrics = read_metrics(metrics_file) if metrics_file is not None else MetricsData()
     dump = read_dump(dump_dir) if dump_dir is not None else DumpData()
-    checker = load_step_checker()
-    marked = annotate_first_wrong(dump.records, checker)
+    marked = annotate_first_wrong(dump.records)
     panels = render_panels(metrics)
     summary = ReportSummary(
         output=output,
@@ -149,7 +147,6 @@ def build_report(
         dump_skipped_lines=dump.skipped_lines,
         plots=len(panels),
         first_wrong_marked=marked,
-        step_checker=checker is not None,
     )
     title = title or f"ACPO run report: {(run_dir or dump_dir or metrics_file).resolve().name}"
     no_dump = (

@@ -1,5 +1,12 @@
-"""Where a testbed response first goes wrong, in tokens: the label the credit benchmark, the oracle judge and the
-report compare step credit with.
+"""The slip and blame marks of the testbed: where a response first goes wrong, and which step the credit blames most.
+
+These are the one definition of both that the report, the oracle judge, ``benchmarks/bench_credit.py``,
+``benchmarks/bench_learning.py`` and README use:
+
+- the **slip step** of a wrong response is the step holding the first token of its first wrong equation;
+- the **most blamed** step is the one with the most negative attributed advantage A_attr,i (docs/algorithm.md §4),
+  none when no step's A_attr is negative; a **blame hit** is a most-blamed step that is the slip step. (The lowest-C
+  step, argmin_i C_i, is a different figure, always named "lowest C".)
 
 The testbed's step checker (``recipe.acpo.testbed.step_check.check_steps``) finds the first wrong equation of a response
 as character offsets; these functions turn it into token indices of the response, so it can be matched with ACPO's steps
@@ -10,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -17,7 +25,16 @@ import torch
 
 from recipe.acpo.testbed.step_check import check_steps
 
-__all__ = ["TESTBED_DATA_SOURCES", "first_wrong_token_span", "first_wrong_tokens"]
+__all__ = [
+    "TESTBED_DATA_SOURCES",
+    "annotate_first_wrong",
+    "first_wrong_mark",
+    "first_wrong_token_span",
+    "first_wrong_tokens",
+    "most_blamed_step",
+]
+
+logger = logging.getLogger(__name__)
 
 # data_source values of the arithmetic testbed, whose responses the step checker can read.
 TESTBED_DATA_SOURCES = frozenset({"arithmetic_steps"})
@@ -78,3 +95,62 @@ def first_wrong_tokens(
         if span is not None:
             first[row] = span[0]
     return first
+
+
+def most_blamed_step(attributed: Sequence[float]) -> int | None:
+    """The step with the most negative A_attr,i (the first on a tie); None when no step's A_attr is negative."""
+    if not attributed:
+        return None
+    worst = min(range(len(attributed)), key=attributed.__getitem__)
+    return worst if attributed[worst] < 0 else None
+
+
+def _step_starts(record: dict[str, Any]) -> list[int]:
+    """The first token of every step of a dumped response: its ``boundaries`` c_0..c_{K-1}, else the steps' starts."""
+    if "boundaries" in record:
+        return list(record["boundaries"][:-1]) or [0]
+    return [int(step["start"]) for step in record["steps"]] or [0]
+
+
+def first_wrong_mark(record: dict[str, Any], checker: StepChecker = check_steps) -> dict[str, Any] | None:
+    """The first wrong equation of one dumped response (``recipe.acpo.step_dump``) as token and step indices, or None
+    when it has none.
+
+    Returns ``{"text", "token_start", "token_end" (exclusive), "step", "most_blamed_step", "blame_hit"}``: ``step`` is
+    the slip step, ``most_blamed_step`` as :func:`most_blamed_step` over the steps' ``a_attr`` (0 where missing).
+    """
+    span = first_wrong_token_span(record["tokens"], checker)
+    if span is None:
+        return None
+    token_start, token_end, text = span
+    step = max(bisect.bisect_right(_step_starts(record), token_start) - 1, 0)
+    step = min(step, len(record["steps"]) - 1)
+    most_blamed = most_blamed_step([s.get("a_attr", 0.0) for s in record["steps"]])
+    return {
+        "text": text,
+        "token_start": token_start,
+        "token_end": token_end,
+        "step": step,
+        "most_blamed_step": most_blamed,
+        "blame_hit": most_blamed == step,
+    }
+
+
+def annotate_first_wrong(records: list[dict[str, Any]], checker: StepChecker = check_steps) -> int:
+    """Add ``first_wrong`` (:func:`first_wrong_mark`) to every testbed record with a wrong equation; return how many.
+
+    A checker failure on one response is logged and leaves that response unmarked.
+    """
+    marked = 0
+    for record in records:
+        if record.get("data_source") not in TESTBED_DATA_SOURCES:
+            continue
+        try:
+            mark = first_wrong_mark(record, checker)
+        except Exception:  # the checker reads model output: one odd response must not stop the report
+            logger.exception("step checker failed on uid=%s step=%s", record.get("uid"), record.get("global_step"))
+            continue
+        if mark is not None:
+            record["first_wrong"] = mark
+            marked += 1
+    return marked
