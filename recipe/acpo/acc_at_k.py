@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recipe.acpo.validation_run import TAGGING_MANAGER_NAME, ValidationRunError
+from recipe.acpo.validation.command import TAGGING_MANAGER_NAME, ValidationRunError
 
 DATA_SOURCE_FIELD = "data_source"
 REQUIRED_COLUMNS = ("data_source", "prompt", "reward_model")

@@ -3,8 +3,8 @@
 ``--model`` is a Hugging Face folder or a verl checkpoint (``global_step_N/actor``, ``global_step_N`` or the
 checkpoint root, whose latest step is used; ``recipe.acpo.checkpoints``); a checkpoint is first merged into a
 temporary Hugging Face folder with ``python -m recipe.acpo.merge``. The validation run is
-``python -m recipe.acpo.main_acpo`` in validation-only mode (``recipe.acpo.validation_run``) with the benchmark files
-as validation data and the run's reward manager wrapped to tag each sample with its ``data_source``.
+``python -m recipe.acpo.main_acpo`` in validation-only mode (``recipe.acpo.validation.command``) with the benchmark
+files as validation data and the run's reward manager wrapped to tag each sample with its ``data_source``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from recipe.acpo.acc_at_k import DATA_SOURCE_FIELD, BenchmarkFile, EvaluationError, inspect_benchmark
 from recipe.acpo.checkpoints import CheckpointError, find_verl_actor_checkpoint, is_hf_model_folder
-from recipe.acpo.validation_run import (
+from recipe.acpo.validation.command import (
     compose_run_config,
     entry_point_command,
     entry_point_env,

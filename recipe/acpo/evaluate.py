@@ -20,7 +20,7 @@ The benchmark's ``data_source`` does not reach verl's dump on its own, so the ru
 (``recipe.acpo.tagging_reward_manager``) to add it to each sample's reward extra info; scoring is unchanged.
 
 The parts: ``recipe.acpo.acc_at_k`` (the benchmark files and the table), ``recipe.acpo.eval_plan`` (the model
-located, the merge and validation commands), ``recipe.acpo.validation_run`` (the validation pass shared with the
+located, the merge and validation commands), ``recipe.acpo.validation.command`` (the validation pass shared with the
 pass-rate pre-pass); this module runs them and is the command line.
 """
 
@@ -54,7 +54,7 @@ from recipe.acpo.eval_plan import (
     plan_evaluation,
     sampling_settings,
 )
-from recipe.acpo.validation_run import ValidationRunError
+from recipe.acpo.validation.command import ValidationRunError
 
 # Public names of the tool, importable from here as before its parts were split out.
 __all__ = [

@@ -3,7 +3,7 @@
 §6: Stage 1's curriculum seeds its pass-rate estimate p(q) from ``extra_info.pass_rate`` when the data has it,
 so hard prompts are sampled hot from the first epoch instead of after their first group. This optional pre-pass
 computes it the way training will see it: k samples per prompt through verl's own validation path
-(``recipe.acpo.validation_run``: ``python -m recipe.acpo.main_acpo ... trainer.val_only=True`` with the training
+(``recipe.acpo.validation.command``: ``python -m recipe.acpo.main_acpo ... trainer.val_only=True`` with the training
 parquet as validation data, ``rollout.val_kwargs.n=k`` at the rollout temperature), scored by the recipe's math
 reward, dumped by verl to ``trainer.validation_data_dir`` and read back. p(q) = correct samples / samples of the prompt.
 
@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from data_prep.cli import module_parser
 from data_prep.pass_rate import ROW_KEY, add_row_numbers, pass_rates_from_dump, read_dump, write_pass_rates
 from data_prep.schema import DataError
-from recipe.acpo.validation_run import (
+from recipe.acpo.validation.command import (
     PROJECT_ROOT,
     ValidationRunError,
     compose_run_config,

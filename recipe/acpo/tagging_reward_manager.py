@@ -1,7 +1,7 @@
 """The reward manager of the validation passes: the run's own reward manager, plus where each sample came from.
 
 verl's validation dump (``trainer.validation_data_dir``) keeps each sample's score and reward extra info, but neither
-its ``data_source`` nor the data row it answers. The validation pass (``recipe.acpo.validation_run``, shared by
+its ``data_source`` nor the data row it answers. The validation pass (``recipe.acpo.validation.command``, shared by
 ``python -m recipe.acpo.evaluate`` and ``python -m recipe.acpo.pass_rate``) therefore configures this manager
 (``reward.reward_manager.source=importlib``, ``module.path=pkg://recipe.acpo.tagging_reward_manager``,
 ``name=TaggingRewardManager``), moves the run's own manager spec to ``acpo_validation.reward_manager`` and lists in
@@ -28,7 +28,7 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_manager.base import RawRewardFn, RewardManagerBase
 from verl.trainer.ppo.reward import resolve_reward_manager_cls
 
-from recipe.acpo.validation_run import INNER_MANAGER_KEY, TAGGING_MANAGER_NAME, TAGS_KEY
+from recipe.acpo.validation.command import INNER_MANAGER_KEY, TAGGING_MANAGER_NAME, TAGS_KEY
 
 __all__ = ["TaggingRewardManager", "inner_manager_config", "read_tag", "tag_key"]
 
@@ -39,7 +39,7 @@ def inner_manager_config(config: DictConfig) -> DictConfig:
     if inner_spec is None:
         raise ValueError(
             f"{TAGGING_MANAGER_NAME} needs the wrapped manager under {INNER_MANAGER_KEY} "
-            "(set by recipe.acpo.validation_run)"
+            "(set by recipe.acpo.validation.command)"
         )
     inner = copy.deepcopy(config)
     OmegaConf.set_readonly(inner, False)

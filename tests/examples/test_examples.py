@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from recipe.acpo import evaluate as ev
-from recipe.acpo.validation_run import TAGGING_MANAGER_NAME
+from recipe.acpo.validation.command import TAGGING_MANAGER_NAME
 
 REPO = Path(__file__).resolve().parents[2]
 BENCHMARKS = ("aime2024", "aime2025", "amc2023", "math500")

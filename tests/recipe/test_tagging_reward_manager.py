@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from verl import DataProto
 
 from recipe.acpo.tagging_reward_manager import inner_manager_config, read_tag, tag_key
-from recipe.acpo.validation_run import TAGGING_MANAGER_NAME, tagging_reward_manager_overrides
+from recipe.acpo.validation.command import TAGGING_MANAGER_NAME, tagging_reward_manager_overrides
 
 
 def _sample(**non_tensors: object) -> DataProto:

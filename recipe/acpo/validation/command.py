@@ -24,8 +24,8 @@ TAGGING_MANAGER_NAME = "TaggingRewardManager"
 TAGGING_MANAGER_MODULE = "pkg://recipe.acpo.tagging_reward_manager"
 INNER_MANAGER_KEY = "acpo_validation.reward_manager"
 TAGS_KEY = "acpo_validation.tags"
-CONFIG_DIR = Path(__file__).resolve().parent / "config"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
 class ValidationRunError(RuntimeError):

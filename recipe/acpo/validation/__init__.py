@@ -1,0 +1,16 @@
+"""verl's validation pass as a tool: k samples per prompt of some files, scored and dumped, then read back.
+
+Two tools measure a policy this way, through the recipe's own entry point in validation-only mode
+(``python -m recipe.acpo.main_acpo ... trainer.val_only=True``), so that what they measure is what training sees:
+
+- the evaluation (``python -m recipe.acpo.evaluate``): Acc@k and Pass@k of a model on benchmark files;
+- the pass-rate pre-pass (``python -m recipe.acpo.pass_rate``): p(q) of each training prompt (§6), written to
+  ``extra_info.pass_rate`` for Stage 1's curriculum.
+
+The parts they share:
+
+- :mod:`recipe.acpo.validation.command`: the validation-only command (its Hydra overrides, the run's reward manager
+  wrapped so that each dumped sample says where it came from, the interpreter and environment it runs with).
+
+Importing the package imports nothing: verl's workers load the reward manager from it by module path.
+"""
