@@ -5,8 +5,8 @@ This module only reads verl's TransferQueue into an ``acpo_core.step.ACPOBatch``
 the actor workers, and writes the advantages back. The verl hooks the recipe overrides, in the order verl calls them
 (each calls ``super()`` and adds):
 
-1. ``__init__`` (ACPOTrainer): validates the whole config before verl builds anything
-   (:func:`validate_acpo_trainer_config`); (CurriculumMixin) builds the §6 pass-rate tracker.
+1. ``__init__`` (ACPOTrainer): takes the ``acpo:`` block that :mod:`recipe.acpo.preflight` parsed and checked
+   before Ray started; (CurriculumMixin) builds the §6 pass-rate tracker.
 2. ``_init_tokenizer``: builds the segmentation vocabulary tables (§2) of the tokenizer.
 3. ``_init_resource_pool_mgr``: the actor role is played by ``ACPOActorRolloutRefWorker`` (attribution scoring).
 4. ``_load_checkpoint`` (CurriculumMixin): restores the pass-rate tracker saved beside verl's checkpoint.
@@ -46,7 +46,7 @@ from typing import Any
 import ray
 import torch
 import transfer_queue as tq
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.trainer.ppo.utils import Role
@@ -67,64 +67,15 @@ from recipe.acpo.acpo_worker import (
     build_naive_log_prob_batch,
     pad_rows_to_multiple,
 )
-from recipe.acpo.advantage_estimator import ACPO_ADV_ESTIMATOR
 from recipe.acpo.checkpoints import prune_step_folders
 from recipe.acpo.curriculum import CurriculumMixin
-from recipe.acpo.merge import check_stage2_model_path
 from recipe.acpo.rollout_batch import ACPO_TQ_FIELDS, nested_lengths, read_acpo_batch
 from recipe.acpo.step_dump import StepDumper, dump_directory, token_text_table
 from recipe.acpo.testbed.slips import first_wrong_tokens
 
-__all__ = ["ACPOTrainer", "attribution_token_budget", "validate_acpo_trainer_config"]
+__all__ = ["ACPOTrainer", "attribution_token_budget"]
 
 CROSS_CHECK_ENV = "ACPO_ATTRIBUTION_CROSS_CHECK"
-# Ulysses sequence parallel sizes of the actor (the model attribution runs on), in verl 0.9.1's config.
-SEQUENCE_PARALLEL_KEYS = (
-    "actor_rollout_ref.actor.ulysses_sequence_parallel_size",
-    "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size",
-)
-
-
-def validate_acpo_trainer_config(config: DictConfig) -> ACPOConfig:
-    """Check that a full verl config can run ACPO; return the validated ``acpo:`` block.
-
-    Raises ``ValueError`` naming the key for: another advantage estimator, a critic, verl's log-prob bypass mode
-    (no old-policy entropy), fused kernels with packed attribution (no logits), a Stage-2 run whose
-    ``actor_rollout_ref.model.path`` is not a Hugging Face folder (§8: the merged Stage-1 checkpoint), and any
-    ``acpo:`` error. Cheap and Ray-free: the entry point calls it before Ray starts.
-    """
-    acpo_cfg = ACPOConfig.from_dict(config.get("acpo"))
-    estimator = config.algorithm.adv_estimator
-    if estimator != ACPO_ADV_ESTIMATOR:
-        raise ValueError(
-            f"ACPOTrainer needs algorithm.adv_estimator={ACPO_ADV_ESTIMATOR}, got {estimator!r}: the acpo estimator "
-            "is the outcome baseline that the attribution overlays"
-        )
-    if config.get("critic", {}).get("enable", False):
-        raise ValueError("ACPO is critic-free (its returns are its advantages): set critic.enable=False")
-    rollout_correction = config.algorithm.get("rollout_correction", None)
-    if rollout_correction is not None and rollout_correction.get("bypass_mode", False):
-        raise ValueError(
-            "algorithm.rollout_correction.bypass_mode=True skips verl's old-log-prob pass, and with it the entropy "
-            "ACPO segments by (§2): set it to False"
-        )
-    if acpo_cfg.attribution.mode == "packed" and config.actor_rollout_ref.model.get("use_fused_kernels", False):
-        raise ValueError(
-            "actor_rollout_ref.model.use_fused_kernels=True gives no logits to the packed attribution pass: set it "
-            "to False or acpo.attribution.mode=naive"
-        )
-    if acpo_cfg.attribution.mode == "packed":
-        for key in SEQUENCE_PARALLEL_KEYS:
-            size = OmegaConf.select(config, key, default=1) or 1
-            if int(size) > 1:
-                raise ValueError(
-                    f"{key}={size}: packed attribution scores whole sequences on every Ulysses rank (SP times the "
-                    "cost, none of the memory saving); set it to 1 or acpo.attribution.mode=naive (verl's own "
-                    "compute_log_prob, which splits sequences across the SP group)"
-                )
-    if acpo_cfg.stage == 2:
-        check_stage2_model_path(config.actor_rollout_ref.model)
-    return acpo_cfg
 
 
 def attribution_token_budget(config: DictConfig, acpo_cfg: ACPOConfig) -> int | None:
@@ -145,8 +96,10 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
     difficulty-aware sampling of §6 (pass-rate tiers, hot requests for hard prompts, tier metrics).
     """
 
-    def __init__(self, config: DictConfig):
-        self.acpo_config = validate_acpo_trainer_config(config)
+    def __init__(self, config: DictConfig, acpo_config: ACPOConfig):
+        """``acpo_config``: the run's ``acpo:`` block as ``recipe.acpo.preflight`` parsed and checked it
+        (``check_acpo_block``, ``check_acpo_trainer``); ``recipe.acpo.main_acpo.build_trainer`` passes it."""
+        self.acpo_config = acpo_config
         super().__init__(config)
         self.vocab_tables: VocabTables | None = None
         self.model_limits = ModelLimits()

@@ -6,8 +6,8 @@ outcome baseline A_base of §1 with verl's own ``compute_grpo_outcome_advantage`
 ``algorithm.norm_adv_by_std_in_grpo``, which verl's registry path does not forward), and
 :class:`recipe.acpo.acpo_trainer.ACPOTrainer` overlays the attributed, per-token advantage of §4-5 on top of it.
 
-Selecting ``acpo`` with verl's plain trainer would silently train GRPO; ``recipe.acpo.main_acpo`` always builds
-``ACPOTrainer`` for this estimator, and ``ACPOTrainer`` refuses any other estimator.
+Selecting ``acpo`` with verl's plain trainer would silently train GRPO; ``recipe.acpo.main_acpo.build_trainer``
+always builds ``ACPOTrainer`` for this estimator (and only for it).
 """
 
 from __future__ import annotations

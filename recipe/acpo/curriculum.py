@@ -181,22 +181,20 @@ def curriculum_metrics(
     return metrics
 
 
-def _acpo_config_of(trainer: Any, config: DictConfig) -> ACPOConfig:
-    existing = getattr(trainer, "acpo_config", None)
-    if isinstance(existing, ACPOConfig):
-        return existing
-    return ACPOConfig.from_dict(config.get("acpo"))
-
-
 class CurriculumMixin:
-    """§6 for a verl V1 ``PPOTrainer`` subclass: put it first in the bases. See the module docstring."""
+    """§6 for a verl V1 ``PPOTrainer`` subclass: put it first in the bases. See the module docstring.
+
+    The subclass sets ``acpo_config`` (the ``acpo:`` block ``recipe.acpo.preflight`` parsed) before calling
+    ``__init__``.
+    """
 
     config: DictConfig
     global_steps: int
+    acpo_config: ACPOConfig
 
     def __init__(self, config: DictConfig, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
-        acpo_config = _acpo_config_of(self, config)
+        acpo_config = self.acpo_config
         self.curriculum_config: CurriculumConfig = acpo_config.curriculum
         self.curriculum_active = curriculum_active(acpo_config)
         self.pass_rate_tracker = PassRateTracker.from_config(acpo_config.curriculum)

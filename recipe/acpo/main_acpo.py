@@ -12,8 +12,8 @@ Ray is then started (its temporary folder is ``ray_kwargs.ray_init._temp_dir``),
 runtime environment), and shut down at the end, on an error and on Ctrl-C or SIGTERM, so that no process is left
 behind.
 
-``ACPOTaskRunner`` mirrors verl's ``TaskRunnerV1.run``; ``get_trainer_class`` is the single place that picks the
-trainer class it builds.
+``ACPOTaskRunner`` mirrors verl's ``TaskRunnerV1.run``; ``build_trainer`` is the single place that picks the
+trainer class it builds, and hands ACPO's trainer the ``acpo:`` block that the checks parsed.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from acpo_core.config import ACPOConfig
 from recipe.acpo.preflight import (
     SetupError,
     check_acpo_block,
+    check_acpo_trainer,
     check_attention_backend,
     check_data_files,
     check_device,
@@ -158,35 +159,21 @@ def ray_session(init_kwargs: Mapping[str, Any]) -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def get_trainer_class(config: DictConfig) -> type:
-    """The trainer class the task runner builds; the one hook for a subclass.
+def build_trainer(config: DictConfig, acpo_config: ACPOConfig) -> Any:
+    """The trainer the task runner trains with; the one place that picks its class (the hook for a subclass).
 
-    ``algorithm.adv_estimator=acpo`` selects ACPO's trainer (which brings its own actor worker), anything else verl's
-    synchronous V1 trainer.
+    ``algorithm.adv_estimator=acpo`` builds ACPO's trainer (which brings its own actor worker) with ``acpo_config``,
+    the ``acpo:`` block :func:`prepare` parsed; anything else builds verl's synchronous V1 trainer.
     """
     from recipe.acpo.advantage_estimator import ACPO_ADV_ESTIMATOR
 
     if config.algorithm.adv_estimator == ACPO_ADV_ESTIMATOR:
         from recipe.acpo.acpo_trainer import ACPOTrainer
 
-        return ACPOTrainer
+        return ACPOTrainer(config=config, acpo_config=acpo_config)
     from verl.trainer.ppo.v1 import PPOTrainerSync
 
-    return PPOTrainerSync
-
-
-def check_acpo_trainer(config: DictConfig) -> None:
-    """For ``algorithm.adv_estimator=acpo``: the settings ACPOTrainer needs (Stage 2's start folder among them)."""
-    from recipe.acpo.advantage_estimator import ACPO_ADV_ESTIMATOR
-
-    if config.algorithm.get("adv_estimator") != ACPO_ADV_ESTIMATOR:
-        return
-    from recipe.acpo.acpo_trainer import validate_acpo_trainer_config
-
-    try:
-        validate_acpo_trainer_config(config)
-    except ValueError as err:
-        raise SetupError(str(err)) from err
+    return PPOTrainerSync(config=config)
 
 
 def build_agent_loop_manager(config: DictConfig, trainer: Any) -> Any:
@@ -218,12 +205,11 @@ def build_agent_loop_manager(config: DictConfig, trainer: Any) -> Any:
 class ACPOTaskRunner:
     """Builds the trainer, the agent-loop manager and the TransferQueue, then trains (verl's TaskRunnerV1.run)."""
 
-    def run(self, config: DictConfig) -> None:
+    def run(self, config: DictConfig, acpo_config: ACPOConfig) -> None:
         import transfer_queue as tq
         from verl.utils.logging_utils import configure_verl_logging
 
         configure_verl_logging()
-        trainer_cls = get_trainer_class(config)
         config.transfer_queue.enable = True
         pprint(OmegaConf.to_container(config, resolve=True))
         OmegaConf.resolve(config)
@@ -232,7 +218,7 @@ class ACPOTaskRunner:
         trainer = None
         succeeded = False
         try:
-            trainer = trainer_cls(config=config)
+            trainer = build_trainer(config, acpo_config)
             trainer.init()
             trainer.fit(build_agent_loop_manager(config, trainer))
             succeeded = True
@@ -253,7 +239,7 @@ class ACPOTaskRunner:
 def prepare(config: DictConfig) -> tuple[ACPOConfig, dict[str, Any]]:
     """Every check that can fail before Ray starts; returns the ``acpo:`` block and the ``ray.init`` arguments."""
     acpo_config = check_acpo_block(config)
-    check_acpo_trainer(config)
+    check_acpo_trainer(config, acpo_config)
     check_trainer_mode(config)
     check_rollout_seed(config)
     cpu_run = check_device(config)
@@ -277,10 +263,10 @@ def prepare(config: DictConfig) -> tuple[ACPOConfig, dict[str, Any]]:
 
 def run(config: DictConfig) -> None:
     """Check the run, start Ray, train, shut Ray down."""
-    _, init_kwargs = prepare(config)
+    acpo_config, init_kwargs = prepare(config)
     with ray_session(init_kwargs):
         runner = ACPOTaskRunner.remote()
-        ray.get(runner.run.remote(config))
+        ray.get(runner.run.remote(config, acpo_config))
 
 
 def _config_summary(path: Path) -> str:

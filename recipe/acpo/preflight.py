@@ -1,7 +1,10 @@
 """Every check of a run's config that can fail before Ray starts, each stopping with a message that names the key or
 file at fault (``recipe.acpo.main_acpo.prepare`` runs them in order):
 
-- the ``acpo:`` block (``acpo_core.config.ACPOConfig``);
+- the ``acpo:`` block (``acpo_core.config.ACPOConfig``), parsed here once: the entry point hands the parsed block to
+  the trainer;
+- for ``algorithm.adv_estimator=acpo``, the settings ``ACPOTrainer`` needs (no critic, verl's old-log-prob pass, logits
+  and no sequence parallelism for packed attribution, Stage 2's merged start folder);
 - the train and validation parquets (``data_prep.schema.check_data_files``: missing file, no ``prompt``, no
   ``reward_model.ground_truth``, unparsable answers ...);
 - the model path (a local Hugging Face folder, or a hub id unless ``HF_HUB_OFFLINE`` is set);
@@ -24,6 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from acpo_core.config import ACPOConfig, ACPOConfigError
 from recipe.acpo.checkpoints import missing_model_files
+from recipe.acpo.merge import check_stage2_model_path
 
 CPU_PRESET = "acpo_cpu"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -34,11 +38,59 @@ class SetupError(ValueError):
 
 
 def check_acpo_block(config: DictConfig) -> ACPOConfig:
-    """The validated ``acpo:`` block (spec defaults for missing keys)."""
+    """The validated ``acpo:`` block (spec defaults for missing keys): the one place a run parses it."""
     try:
         return ACPOConfig.from_dict(config.get("acpo"))
     except ACPOConfigError as err:
         raise SetupError(str(err)) from err
+
+
+# Ulysses sequence parallel sizes of the actor (the model attribution runs on), in verl 0.9.1's config.
+SEQUENCE_PARALLEL_KEYS = (
+    "actor_rollout_ref.actor.ulysses_sequence_parallel_size",
+    "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size",
+)
+
+
+def check_acpo_trainer(config: DictConfig, acpo_config: ACPOConfig) -> None:
+    """For ``algorithm.adv_estimator=acpo``: the settings ``ACPOTrainer`` needs, beside the parsed ``acpo:`` block.
+
+    Raises ``SetupError`` naming the key for: a critic, verl's log-prob bypass mode (no old-policy entropy), fused
+    kernels with packed attribution (no logits), sequence parallelism with packed attribution, and a Stage-2 run whose
+    ``actor_rollout_ref.model.path`` is not a Hugging Face folder (§8: the merged Stage-1 checkpoint). Other
+    estimators run on verl's own trainer and are not checked here.
+    """
+    from recipe.acpo.advantage_estimator import ACPO_ADV_ESTIMATOR
+
+    if config.algorithm.get("adv_estimator") != ACPO_ADV_ESTIMATOR:
+        return
+    if config.get("critic", {}).get("enable", False):
+        raise SetupError("ACPO is critic-free (its returns are its advantages): set critic.enable=False")
+    rollout_correction = config.algorithm.get("rollout_correction", None)
+    if rollout_correction is not None and rollout_correction.get("bypass_mode", False):
+        raise SetupError(
+            "algorithm.rollout_correction.bypass_mode=True skips verl's old-log-prob pass, and with it the entropy "
+            "ACPO segments by (§2): set it to False"
+        )
+    if acpo_config.attribution.mode == "packed" and config.actor_rollout_ref.model.get("use_fused_kernels", False):
+        raise SetupError(
+            "actor_rollout_ref.model.use_fused_kernels=True gives no logits to the packed attribution pass: set it "
+            "to False or acpo.attribution.mode=naive"
+        )
+    if acpo_config.attribution.mode == "packed":
+        for key in SEQUENCE_PARALLEL_KEYS:
+            size = OmegaConf.select(config, key, default=1) or 1
+            if int(size) > 1:
+                raise SetupError(
+                    f"{key}={size}: packed attribution scores whole sequences on every Ulysses rank (SP times the "
+                    "cost, none of the memory saving); set it to 1 or acpo.attribution.mode=naive (verl's own "
+                    "compute_log_prob, which splits sequences across the SP group)"
+                )
+    if acpo_config.stage == 2:
+        try:
+            check_stage2_model_path(config.actor_rollout_ref.model)
+        except ValueError as err:
+            raise SetupError(str(err)) from err
 
 
 def _as_paths(value: Any, key: str) -> list[str]:

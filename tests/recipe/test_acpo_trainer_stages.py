@@ -182,14 +182,17 @@ def test_stage_configs_follow_spec_section_8(compose: Any, cpu: bool) -> None:
 
 
 def test_acpo_settings_are_checked_before_ray_starts(compose: Any) -> None:
-    from recipe.acpo.main_acpo import SetupError, check_acpo_trainer, prepare
+    from recipe.acpo.main_acpo import prepare
+    from recipe.acpo.preflight import SetupError, check_acpo_block, check_acpo_trainer
 
     with pytest.raises(SetupError, match=r"actor_rollout_ref\.model\.path=MERGED"):
         prepare(compose("acpo_cpu_stage2"))
+    config = compose("acpo_cpu_stage1", ["critic.enable=true"])
     with pytest.raises(SetupError, match=r"critic\.enable=False"):
-        check_acpo_trainer(compose("acpo_cpu_stage1", ["critic.enable=true"]))
+        check_acpo_trainer(config, check_acpo_block(config))
     # verl's GRPO (the base config's estimator) is not checked for ACPO settings.
-    check_acpo_trainer(compose("acpo_cpu", ["critic.enable=true"]))
+    config = compose("acpo_cpu", ["critic.enable=true"])
+    check_acpo_trainer(config, check_acpo_block(config))
 
 
 @pytest.mark.parametrize("seed", ["1.5", "'abc'", "true", "null"])

@@ -49,6 +49,7 @@ from recipe.acpo.curriculum import (
     prompt_id,
 )
 from recipe.acpo.pass_rate import validation_command
+from recipe.acpo.preflight import check_acpo_block
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "recipe" / "acpo" / "config"
@@ -208,7 +209,11 @@ def test_on_the_cpu_rollout_each_request_names_its_stream_and_a_group_is_reprodu
 
 
 class _CurriculumTrainer(CurriculumMixin, PPOTrainerSync):
-    """verl's synchronous trainer with the curriculum, as ACPOTrainer inherits it."""
+    """verl's synchronous trainer with the curriculum, as ACPOTrainer inherits it (given the parsed ``acpo:`` block)."""
+
+    def __init__(self, config: DictConfig) -> None:
+        self.acpo_config = check_acpo_block(config)
+        super().__init__(config)
 
 
 class _ActorCheckpoints:

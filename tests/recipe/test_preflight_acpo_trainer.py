@@ -1,4 +1,4 @@
-"""ACPOTrainer's config validation (Ray-free): every error names the key to change."""
+"""The checks of an ``algorithm.adv_estimator=acpo`` run's settings (Ray-free): every error names the key to change."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from recipe.acpo.acpo_trainer import attribution_token_budget, validate_acpo_trainer_config
+from acpo_core.config import ACPOConfig
+from recipe.acpo.acpo_trainer import attribution_token_budget
+from recipe.acpo.preflight import SetupError, check_acpo_block, check_acpo_trainer
 
 
 def _verl_config(**overrides: Any) -> Any:
@@ -24,10 +26,16 @@ def _verl_config(**overrides: Any) -> Any:
     return config
 
 
+def _check(config: Any) -> ACPOConfig:
+    """What the entry point checks of the ACPO settings before Ray starts; the parsed ``acpo:`` block."""
+    acpo_config = check_acpo_block(config)
+    check_acpo_trainer(config, acpo_config)
+    return acpo_config
+
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("algorithm.adv_estimator", "grpo", "algorithm.adv_estimator=acpo"),
         ("algorithm.rollout_correction.bypass_mode", True, "bypass_mode"),
         ("critic.enable", True, "critic.enable"),
         ("actor_rollout_ref.model.use_fused_kernels", True, "use_fused_kernels"),
@@ -36,9 +44,13 @@ def _verl_config(**overrides: Any) -> Any:
     ],
 )
 def test_trainer_config_errors_name_the_key(key: str, value: Any, message: str) -> None:
-    assert validate_acpo_trainer_config(_verl_config()).stage == 1
-    with pytest.raises(ValueError, match=message):
-        validate_acpo_trainer_config(_verl_config(**{key: value}))
+    assert _check(_verl_config()).stage == 1
+    with pytest.raises(SetupError, match=message):
+        _check(_verl_config(**{key: value}))
+
+
+def test_another_estimator_runs_verls_trainer_and_is_not_checked_for_acpo_settings() -> None:
+    _check(_verl_config(**{"algorithm.adv_estimator": "grpo", "critic.enable": True}))
 
 
 @pytest.mark.parametrize(
@@ -49,10 +61,10 @@ def test_trainer_config_errors_name_the_key(key: str, value: Any, message: str) 
     ],
 )
 def test_packed_attribution_refuses_sequence_parallel_naming_the_key(key: str) -> None:
-    with pytest.raises(ValueError, match=rf"{key}=2: packed attribution"):
-        validate_acpo_trainer_config(_verl_config(**{key: 2}))
+    with pytest.raises(SetupError, match=rf"{key}=2: packed attribution"):
+        _check(_verl_config(**{key: 2}))
     # verl's own compute_log_prob (naive mode) splits sequences across the SP group: allowed.
-    assert validate_acpo_trainer_config(_verl_config(**{key: 2, "acpo.attribution.mode": "naive"})).stage == 1
+    assert _check(_verl_config(**{key: 2, "acpo.attribution.mode": "naive"})).stage == 1
 
 
 def test_token_budget_defaults_to_the_log_prob_pass_when_its_dynamic_batch_size_is_on() -> None:
@@ -62,8 +74,8 @@ def test_token_budget_defaults_to_the_log_prob_pass_when_its_dynamic_batch_size_
             "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu": 24576,
         }
     )
-    assert attribution_token_budget(config, validate_acpo_trainer_config(config)) is None
+    assert attribution_token_budget(config, _check(config)) is None
     OmegaConf.update(config, "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz", True)
-    assert attribution_token_budget(config, validate_acpo_trainer_config(config)) == 24576
+    assert attribution_token_budget(config, _check(config)) == 24576
     OmegaConf.update(config, "acpo.attribution.max_tokens_per_micro_batch", 8192)
-    assert attribution_token_budget(config, validate_acpo_trainer_config(config)) == 8192
+    assert attribution_token_budget(config, _check(config)) == 8192
