@@ -191,7 +191,7 @@ def compute_table(
         if not isinstance(source, str) or not source:
             raise EvaluationError(
                 f"{location}: no '{DATA_SOURCE_FIELD}' in the dumped sample; the run's reward manager must be "
-                f"recipe.acpo.tagging_reward_manager.{TAGGING_MANAGER_NAME} (set by recipe.acpo.evaluate)"
+                f"recipe.acpo.validation.tagging_reward_manager.{TAGGING_MANAGER_NAME} (set by recipe.acpo.evaluate)"
             )
         per_problem[source][problem_id(sample, location)].append(sample_accuracy(sample, location))
 

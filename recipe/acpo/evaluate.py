@@ -17,7 +17,7 @@ checkpoint root, whose latest step is used); a checkpoint is first merged into a
 with ``python -m recipe.acpo.merge``.
 
 The benchmark's ``data_source`` does not reach verl's dump on its own, so the run's reward manager is wrapped
-(``recipe.acpo.tagging_reward_manager``) to add it to each sample's reward extra info; scoring is unchanged.
+(``recipe.acpo.validation.tagging_reward_manager``) to add it to each sample's reward extra info; scoring is unchanged.
 
 The parts: ``recipe.acpo.acc_at_k`` (the benchmark files and the table), ``recipe.acpo.eval_plan`` (the model
 located, the merge and validation commands), ``recipe.acpo.validation.command`` (the validation pass shared with the

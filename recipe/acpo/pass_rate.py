@@ -9,11 +9,10 @@ reward, dumped by verl to ``trainer.validation_data_dir`` and read back. p(q) = 
 
 verl's dump does not say which data row a generation came from, so the pre-pass adds a row number to
 ``extra_info`` (``acpo_pass_rate_row``) of a working copy of the input and wraps the run's reward manager in
-``recipe.acpo.tagging_reward_manager``, which echoes that number into the per-sample reward information verl dumps
-(the data side is ``data_prep.pass_rate``). The output is the input, row
-for row and column for column, with ``extra_info.pass_rate`` added (or replaced). A row verl could not sample (e.g. a
-prompt longer than ``data.max_prompt_length``, which verl's dataset drops) keeps a null pass rate and is counted in
-the summary.
+``recipe.acpo.validation.tagging_reward_manager``, which echoes that number into the per-sample reward information
+verl dumps (the data side is ``data_prep.pass_rate``). The output is the input, row for row and column for column,
+with ``extra_info.pass_rate`` added (or replaced). A row verl could not sample (e.g. a prompt longer than
+``data.max_prompt_length``, which verl's dataset drops) keeps a null pass rate and is counted in the summary.
 
 Example (GPU node; on a CPU add ``--config-name acpo_cpu``)::
 

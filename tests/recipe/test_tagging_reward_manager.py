@@ -1,4 +1,4 @@
-"""recipe.acpo.tagging_reward_manager: the validation passes' reward manager (the run's own one plus tags)."""
+"""recipe.acpo.validation.tagging_reward_manager: the validation passes' reward manager (the run's own plus tags)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from omegaconf import OmegaConf
 from verl import DataProto
 
-from recipe.acpo.tagging_reward_manager import inner_manager_config, read_tag, tag_key
 from recipe.acpo.validation.command import TAGGING_MANAGER_NAME, tagging_reward_manager_overrides
+from recipe.acpo.validation.tagging_reward_manager import inner_manager_config, read_tag, tag_key
 
 
 def _sample(**non_tensors: object) -> DataProto:

@@ -10,7 +10,9 @@ Two tools measure a policy this way, through the recipe's own entry point in val
 The parts they share:
 
 - :mod:`recipe.acpo.validation.command`: the validation-only command (its Hydra overrides, the run's reward manager
-  wrapped so that each dumped sample says where it came from, the interpreter and environment it runs with).
+  wrapped so that each dumped sample says where it came from, the interpreter and environment it runs with);
+- :mod:`recipe.acpo.validation.tagging_reward_manager`: that wrapper, run by verl: the run's own reward manager, plus
+  the fields each tool needs (the benchmark, the row number) copied into every sample's dumped reward information.
 
 Importing the package imports nothing: verl's workers load the reward manager from it by module path.
 """

@@ -4,8 +4,8 @@ k samples per prompt of the validation files (``rollout.val_kwargs.n``), scored 
 dumped by verl with their scores to ``trainer.validation_data_dir``. Shared by the evaluation
 (``recipe.acpo.evaluate``: Acc@k on benchmarks) and the pass-rate pre-pass (``recipe.acpo.pass_rate``: p(q) of each
 training prompt, §6). verl's dump does not say where a sample came from, so both wrap the run's reward manager in
-``recipe.acpo.tagging_reward_manager``, which copies the fields they need (the benchmark, the row number) into each
-sample's reward information (:func:`tagging_reward_manager_overrides`).
+``recipe.acpo.validation.tagging_reward_manager``, which copies the fields they need (the benchmark, the row number)
+into each sample's reward information (:func:`tagging_reward_manager_overrides`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 from omegaconf import OmegaConf
 
 ENTRY_POINT = "recipe.acpo.main_acpo"
-# The tagging reward manager (recipe/acpo/tagging_reward_manager.py) and the config keys it reads.
+# The tagging reward manager (recipe/acpo/validation/tagging_reward_manager.py) and the config keys it reads.
 TAGGING_MANAGER_NAME = "TaggingRewardManager"
-TAGGING_MANAGER_MODULE = "pkg://recipe.acpo.tagging_reward_manager"
+TAGGING_MANAGER_MODULE = "pkg://recipe.acpo.validation.tagging_reward_manager"
 INNER_MANAGER_KEY = "acpo_validation.reward_manager"
 TAGS_KEY = "acpo_validation.tags"
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
@@ -111,7 +111,7 @@ def training_size_overrides(config: Any) -> list[str]:
 def tagging_reward_manager_overrides(config: Any, tags: Sequence[str]) -> list[str]:
     """Overrides that put the run's own reward manager under ``acpo_validation.reward_manager`` and the tagging one
     in its place, copying ``tags`` (``field`` or ``extra_info.key`` of the data row) into each sample's dumped
-    reward information (``recipe.acpo.tagging_reward_manager``)."""
+    reward information (``recipe.acpo.validation.tagging_reward_manager``)."""
     spec = OmegaConf.to_container(config.reward.reward_manager, resolve=True)
     if spec.get("name") == TAGGING_MANAGER_NAME:
         raise ValidationRunError(f"reward.reward_manager already is the validation pass's {TAGGING_MANAGER_NAME}")

@@ -3,7 +3,7 @@
 verl's validation dump (``trainer.validation_data_dir``) keeps each sample's score and reward extra info, but neither
 its ``data_source`` nor the data row it answers. The validation pass (``recipe.acpo.validation.command``, shared by
 ``python -m recipe.acpo.evaluate`` and ``python -m recipe.acpo.pass_rate``) therefore configures this manager
-(``reward.reward_manager.source=importlib``, ``module.path=pkg://recipe.acpo.tagging_reward_manager``,
+(``reward.reward_manager.source=importlib``, ``module.path=pkg://recipe.acpo.validation.tagging_reward_manager``,
 ``name=TaggingRewardManager``), moves the run's own manager spec to ``acpo_validation.reward_manager`` and lists in
 ``acpo_validation.tags`` what to copy into each sample's ``reward_extra_info``:
 
