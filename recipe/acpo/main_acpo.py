@@ -29,12 +29,10 @@ from typing import Any
 
 import hydra
 import ray
-from hydra.core.config_search_path import ConfigSearchPath
-from hydra.core.plugins import Plugins
-from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import DictConfig, OmegaConf
 
 from acpo_core.config import ACPOConfig
+from recipe.acpo.config_search_path import CONFIG_DIR
 from recipe.acpo.preflight import (
     SetupError,
     check_acpo_block,
@@ -51,7 +49,6 @@ from recipe.acpo.preflight import (
 
 RECIPE_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_NAME = "acpo_stage1"
-CONFIG_DIR = Path(__file__).resolve().parent / "config"
 # Config files that are not runs of their own (included by the others).
 _INCLUDED_CONFIGS = frozenset({"agent_loops"})
 # The keys most runs set, with what they take.
@@ -71,21 +68,6 @@ MAIN_KEYS: dict[str, str] = {
     "acpo.<key>": "the algorithm's settings (docs/algorithm.md; validated before Ray starts)",
     "ray_kwargs.ray_init._temp_dir": "Ray's temporary folder (a private one on a shared machine)",
 }
-VERL_CONFIG_SEARCH_PATH = "pkg://verl.trainer.config"
-
-
-class VerlConfigSearchPath(SearchPathPlugin):
-    """Puts verl's packaged trainer configs on Hydra's search path, so the recipe's configs can build on them.
-
-    ``hydra.searchpath`` in a YAML file is honoured only in the primary config, which would forbid one recipe config
-    (the CPU preset) from including another; a registered plugin applies to every config this entry point loads.
-    """
-
-    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
-        search_path.append(provider="verl", path=VERL_CONFIG_SEARCH_PATH)
-
-
-Plugins.instance().register(VerlConfigSearchPath)
 
 
 # ----------------------------------------------------------------------------------------------------------------

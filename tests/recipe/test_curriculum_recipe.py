@@ -32,7 +32,7 @@ from acpo_core.curriculum import PassRateTracker
 from data_prep.pass_rate import ROW_KEY as PASS_RATE_ROW_KEY
 from data_prep.pass_rate import add_row_numbers, pass_rates_from_dump, write_pass_rates
 from data_prep.schema import DataError, build_row, write_rows
-from recipe.acpo import main_acpo  # noqa: F401  (registers verl's packaged configs on Hydra's search path)
+from recipe.acpo import config_search_path  # noqa: F401  (registers verl's packaged configs on Hydra's search path)
 from recipe.acpo.agent_loop import (
     AGENT_LOOP_NAME,
     HOT_SAMPLES_KEY,

@@ -18,13 +18,14 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from recipe.acpo.config_search_path import CONFIG_DIR
+
 ENTRY_POINT = "recipe.acpo.main_acpo"
 # The tagging reward manager (recipe/acpo/validation/tagging_reward_manager.py) and the config keys it reads.
 TAGGING_MANAGER_NAME = "TaggingRewardManager"
 TAGGING_MANAGER_MODULE = "pkg://recipe.acpo.validation.tagging_reward_manager"
 INNER_MANAGER_KEY = "acpo_validation.reward_manager"
 TAGS_KEY = "acpo_validation.tags"
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -45,8 +46,6 @@ def compose_run_config(config_name: str, overrides: Sequence[str]) -> Any:
     """The run's configuration as ``recipe.acpo.main_acpo`` composes it (a bad override fails here, before Ray)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
-
-    import recipe.acpo.main_acpo  # noqa: F401  (registers the search path of verl's packaged configs)
 
     if not (CONFIG_DIR / f"{config_name}.yaml").is_file():
         raise ValidationRunError(f"no config named {config_name!r} in {CONFIG_DIR}")
