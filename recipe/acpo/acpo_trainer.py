@@ -2,8 +2,8 @@
 
 The algorithm (§2-5: segmentation, attribution, advantages, metrics) is ``acpo_core.step.compute_acpo_step``.
 This module only reads verl's TransferQueue into an ``acpo_core.step.ACPOBatch``, dispatches attribution scoring to
-the actor workers, and writes the advantages back. The verl hooks the recipe overrides, in the order verl calls them
-(each calls ``super()`` and adds):
+the actor workers (:func:`recipe.acpo.acpo_worker.score_answers`, which owns the scoring message), and writes the
+advantages back. The verl hooks the recipe overrides, in the order verl calls them (each calls ``super()`` and adds):
 
 1. ``__init__`` (ACPOTrainer): takes the ``acpo:`` block that :mod:`recipe.acpo.preflight` parsed and checked
    before Ray started; (CurriculumMixin) builds the §6 pass-rate tracker.
@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -54,39 +54,22 @@ from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.utils import tensordict_utils as tu
 from verl.utils.config import omega_conf_to_dataclass
 from verl.utils.debug import marked_timer
-from verl.workers.utils.padding import response_from_nested, response_to_nested
+from verl.workers.utils.padding import response_to_nested
 
 from acpo_core.attribution import AttributionBatch, ModelLimits
 from acpo_core.config import ACPOConfig
 from acpo_core.segmentation import VocabTables
 from acpo_core.step import ACPOBatch, ACPOStepResult, compute_acpo_step
-from recipe.acpo.acpo_worker import (
-    ANSWER_LOGLIK_KEY,
-    ACPOActorRolloutRefWorker,
-    attribution_request,
-    build_naive_log_prob_batch,
-    pad_rows_to_multiple,
-)
+from recipe.acpo.acpo_worker import ACPOActorRolloutRefWorker, score_answers
 from recipe.acpo.checkpoints import prune_step_folders
 from recipe.acpo.curriculum import CurriculumMixin
-from recipe.acpo.rollout_batch import ACPO_TQ_FIELDS, nested_lengths, read_acpo_batch
+from recipe.acpo.rollout_batch import ACPO_TQ_FIELDS, read_acpo_batch
 from recipe.acpo.step_dump import StepDumper, dump_directory, token_text_table
 from recipe.acpo.testbed.slips import first_wrong_tokens
 
-__all__ = ["ACPOTrainer", "attribution_token_budget"]
+__all__ = ["ACPOTrainer"]
 
 CROSS_CHECK_ENV = "ACPO_ATTRIBUTION_CROSS_CHECK"
-
-
-def attribution_token_budget(config: DictConfig, acpo_cfg: ACPOConfig) -> int | None:
-    """Tokens per packed attribution forward: ``acpo.attribution.max_tokens_per_micro_batch``, else the log-prob
-    pass's ``log_prob_max_token_len_per_gpu`` when ``log_prob_use_dynamic_bsz`` is on, else None (rows only)."""
-    if acpo_cfg.attribution.max_tokens_per_micro_batch is not None:
-        return acpo_cfg.attribution.max_tokens_per_micro_batch
-    rollout = config.actor_rollout_ref.rollout
-    if rollout.get("log_prob_use_dynamic_bsz", False):
-        return int(rollout.log_prob_max_token_len_per_gpu)
-    return None
 
 
 class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
@@ -145,46 +128,11 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
                 print(f"ACPO checkpoint retention (keep {keep}): removed {', '.join(str(f) for f in pruned)}")
 
     # ------------------------------------------------------------------ attribution on the workers
-    def _actor_dp_size(self) -> int:
-        worker_group = self.actor_rollout_wg
-        if "actor" not in worker_group._dispatch_info:
-            worker_group._dispatch_info["actor"] = worker_group._query_dispatch_info("actor")
-        return max(worker_group._dispatch_info["actor"]) + 1
-
-    def _score_answers(self, inputs: AttributionBatch, mode: str) -> torch.Tensor:
-        """L [R, max_steps + 1] of §3, on the actor workers (the old policy: the actor is not updated yet).
-
-        ``mode`` ``packed``: the workers' packed scoring; ``naive``: verl's ``compute_log_prob`` on K+1 sequences.
-        """
-        attribution = self.acpo_config.attribution
-        temperature = float(self.config.actor_rollout_ref.rollout.temperature)
-        dp_size = self._actor_dp_size()
-        if mode == "packed":
-            budget = attribution_token_budget(self.config, self.acpo_config)
-            request = attribution_request(
-                inputs, attribution.micro_batch_size, temperature, attribution.attention, budget
-            )
-            request, num_rows = pad_rows_to_multiple(request, dp_size)
-            output = self.actor_rollout_wg.compute_answer_loglik(request)
-            return output[ANSWER_LOGLIK_KEY][:num_rows].float()
-        # Reference path: verl's own log-prob pass on K+1 separate sequences per response.
-        request, owners = build_naive_log_prob_batch(inputs, temperature)
-        rollout = self.config.actor_rollout_ref.rollout
-        multiple = dp_size
-        if not rollout.get("log_prob_use_dynamic_bsz", False):
-            multiple *= int(rollout.log_prob_micro_batch_size_per_gpu)
-        request, num_rows = pad_rows_to_multiple(request, multiple)
-        output = self.actor_rollout_wg.compute_log_prob(request)
-        answer_logprobs = response_from_nested(output["log_probs"], request["response_mask"])
-        lengths = nested_lengths(answer_logprobs)[:num_rows]
-        # §3.2 value-only scoring: each job's answer tokens count as inputs.answer_scored marks them.
-        scored = torch.cat([inputs.answer_scored[row, : int(n)] for row, n in zip(owners[:, 0].tolist(), lengths)])
-        values = answer_logprobs.values()[: int(lengths.sum())].float() * scored.float()
-        job = torch.repeat_interleave(torch.arange(num_rows), lengths)
-        per_job = torch.zeros(num_rows).index_add_(0, job, values)
-        scores = torch.zeros(inputs.boundaries.shape, dtype=torch.float32)
-        scores[owners[:, 0], owners[:, 1]] = per_job
-        return scores
+    def _scorer(self, mode: str) -> Callable[[AttributionBatch], torch.Tensor]:
+        """Scores an attribution batch (§3) on the actor workers, the old policy (the actor is not updated yet)."""
+        return partial(
+            score_answers, self.actor_rollout_wg, mode=mode, config=self.config, acpo_config=self.acpo_config
+        )
 
     # ------------------------------------------------------------------ the advantage step
     def _timing(self) -> dict[str, float]:
@@ -215,7 +163,7 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
         cfg = self.acpo_config
         other_mode = "naive" if cfg.attribution.mode == "packed" else "packed"
         other_cfg = dataclasses.replace(cfg, attribution=dataclasses.replace(cfg.attribution, mode=other_mode))
-        scorer = partial(self._score_answers, mode=other_mode)
+        scorer = self._scorer(other_mode)
         other = compute_acpo_step(view, self.vocab_tables, other_cfg, scorer, limits=self.model_limits)
         return {
             "acpo/check/answer_loglik_max_abs_diff": float((result.answer_loglik - other.answer_loglik).abs().max()),
@@ -235,7 +183,7 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
         batch = super()._compute_advantage(batch, metrics)
         view, response_mask = self._read_acpo_batch(batch, tags)
         cfg = self.acpo_config
-        scorer = partial(self._score_answers, mode=cfg.attribution.mode)
+        scorer = self._scorer(cfg.attribution.mode)
         result = compute_acpo_step(view, self.vocab_tables, cfg, scorer, self._timing(), self.model_limits)
         step_metrics = dict(result.metrics)
         if self.cross_check_attribution:

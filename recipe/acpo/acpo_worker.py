@@ -16,10 +16,13 @@ packed forward's attention implementation (flex_attention or sdpa instead of ver
 remove-padding) is switched for that forward only and restored afterwards
 (``acpo_core.scoring.attention_implementation``).
 
-The driver-side halves live here too, so that the wire format has one owner: :func:`attribution_request` (an
-``acpo_core.attribution.AttributionBatch`` as a TensorDict for the worker) and :func:`build_naive_log_prob_batch`
-(the reference path: acpo_core's K+1 sequences ``[q, o_<c_i] + Y`` in verl's own no-padding layout, scored by
-verl's ``compute_log_prob``).
+The driver-side halves live here too, so that the scoring message has one owner: :func:`score_answers` is what the
+trainer calls, with the actor worker group, to score an ``acpo_core.attribution.AttributionBatch`` either way (§3):
+``packed``, :func:`attribution_request` (the batch as a TensorDict for the worker, with the micro-batch size, the
+rollout temperature, the attention and :func:`attribution_token_budget`) sent to ``compute_answer_loglik``; or
+``naive``, :func:`build_naive_log_prob_batch` (acpo_core's K+1 sequences ``[q, o_<c_i] + Y`` in verl's own
+no-padding layout) scored by verl's ``compute_log_prob`` and summed back per step. Either request is padded to the
+actor's data-parallel size (:func:`pad_rows_to_multiple`), as verl's dispatch needs.
 """
 
 from __future__ import annotations
@@ -29,22 +32,29 @@ from dataclasses import fields
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 from tensordict import TensorDict
 from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import tensordict_utils as tu
 from verl.utils.device import get_device_id, get_device_name
 from verl.workers.engine_workers import ActorRolloutRefWorker
+from verl.workers.utils.padding import response_from_nested
 
 from acpo_core.attribution import AttributionBatch, check_attribution_batch, naive_sequences
+from acpo_core.config import ACPOConfig
 from acpo_core.scoring import check_scoring_inputs, plan_scoring, score_answer_loglik
+from recipe.acpo.rollout_batch import nested_lengths
 
 __all__ = [
     "ANSWER_LOGLIK_KEY",
     "ACPOActorRolloutRefWorker",
+    "actor_dp_size",
     "attribution_batch_from_request",
     "attribution_request",
+    "attribution_token_budget",
     "build_naive_log_prob_batch",
     "pad_rows_to_multiple",
+    "score_answers",
 ]
 
 ANSWER_LOGLIK_KEY = "answer_loglik"
@@ -218,3 +228,63 @@ def build_naive_log_prob_batch(inputs: AttributionBatch, temperature: float) -> 
     )
     tu.assign_non_tensor(td, temperature=float(temperature), calculate_entropy=False, compute_loss=False)
     return td, torch.tensor(owners, dtype=torch.long).reshape(-1, 2)
+
+
+# ---------------------------------------------------------------------------------------------------- driver side
+
+
+def attribution_token_budget(config: DictConfig, acpo_cfg: ACPOConfig) -> int | None:
+    """Tokens per packed attribution forward: ``acpo.attribution.max_tokens_per_micro_batch``, else the log-prob
+    pass's ``log_prob_max_token_len_per_gpu`` when ``log_prob_use_dynamic_bsz`` is on, else None (rows only)."""
+    if acpo_cfg.attribution.max_tokens_per_micro_batch is not None:
+        return acpo_cfg.attribution.max_tokens_per_micro_batch
+    rollout = config.actor_rollout_ref.rollout
+    if rollout.get("log_prob_use_dynamic_bsz", False):
+        return int(rollout.log_prob_max_token_len_per_gpu)
+    return None
+
+
+def actor_dp_size(worker_group: Any) -> int:
+    """The data-parallel size of the ``actor`` mesh of a verl worker group: a dispatched batch is a multiple of it."""
+    if "actor" not in worker_group._dispatch_info:
+        worker_group._dispatch_info["actor"] = worker_group._query_dispatch_info("actor")
+    return max(worker_group._dispatch_info["actor"]) + 1
+
+
+def score_answers(
+    worker_group: Any, inputs: AttributionBatch, mode: str, config: DictConfig, acpo_config: ACPOConfig
+) -> torch.Tensor:
+    """L [R, max_steps + 1] of §3, on the actor workers of ``worker_group`` (the old policy before the update).
+
+    ``mode`` ``packed``: the workers' packed scoring (:meth:`ACPOActorRolloutRefWorker.compute_answer_loglik`);
+    ``naive``: verl's ``compute_log_prob`` on K+1 sequences (:func:`build_naive_log_prob_batch`). ``config`` is the
+    run's verl config (the rollout temperature, the log-prob pass's micro-batching), ``acpo_config`` its ``acpo:``
+    block (``acpo.attribution``).
+    """
+    attribution = acpo_config.attribution
+    temperature = float(config.actor_rollout_ref.rollout.temperature)
+    dp_size = actor_dp_size(worker_group)
+    if mode == "packed":
+        budget = attribution_token_budget(config, acpo_config)
+        request = attribution_request(inputs, attribution.micro_batch_size, temperature, attribution.attention, budget)
+        request, num_rows = pad_rows_to_multiple(request, dp_size)
+        output = worker_group.compute_answer_loglik(request)
+        return output[ANSWER_LOGLIK_KEY][:num_rows].float()
+    # Reference path: verl's own log-prob pass on K+1 separate sequences per response.
+    request, owners = build_naive_log_prob_batch(inputs, temperature)
+    rollout = config.actor_rollout_ref.rollout
+    multiple = dp_size
+    if not rollout.get("log_prob_use_dynamic_bsz", False):
+        multiple *= int(rollout.log_prob_micro_batch_size_per_gpu)
+    request, num_rows = pad_rows_to_multiple(request, multiple)
+    output = worker_group.compute_log_prob(request)
+    answer_logprobs = response_from_nested(output["log_probs"], request["response_mask"])
+    lengths = nested_lengths(answer_logprobs)[:num_rows]
+    # §3.2 value-only scoring: each job's answer tokens count as inputs.answer_scored marks them.
+    scored = torch.cat([inputs.answer_scored[row, : int(n)] for row, n in zip(owners[:, 0].tolist(), lengths)])
+    values = answer_logprobs.values()[: int(lengths.sum())].float() * scored.float()
+    job = torch.repeat_interleave(torch.arange(num_rows), lengths)
+    per_job = torch.zeros(num_rows).index_add_(0, job, values)
+    scores = torch.zeros(inputs.boundaries.shape, dtype=torch.float32)
+    scores[owners[:, 0], owners[:, 1]] = per_job
+    return scores

@@ -1,4 +1,5 @@
-"""The ACPO worker's protocol: attention switching for the packed mask, dispatch padding, the naive request."""
+"""The ACPO worker's protocol: attention switching for the packed mask, dispatch padding, the naive request, and the
+driver's scoring message (``score_answers``) against a stand-in worker group."""
 
 from __future__ import annotations
 
@@ -7,17 +8,22 @@ from typing import Any
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from tensordict import TensorDict
 from verl.utils import tensordict_utils as tu
 from verl.workers.utils.padding import response_from_nested
 
 from acpo_core.attribution import AttributionBatch
+from acpo_core.config import ACPOConfig
 from acpo_core.scoring import attention_implementation, score_answer_loglik, score_answer_loglik_naive
 from recipe.acpo.acpo_worker import (
+    ANSWER_LOGLIK_KEY,
     attribution_batch_from_request,
     attribution_request,
+    attribution_token_budget,
     build_naive_log_prob_batch,
     pad_rows_to_multiple,
+    score_answers,
 )
 
 PROMPTS = ["What is two plus two?", "Compute six times seven, then halve it."]
@@ -136,3 +142,55 @@ def test_naive_request_in_verl_layout_reproduces_acpo_core_scores(model: Any, qw
     packed = score_answer_loglik(model, inputs, micro_batch_size=4)
     torch.testing.assert_close(scores, naive, atol=1e-4, rtol=0)
     torch.testing.assert_close(scores, packed, atol=1e-4, rtol=0)
+
+
+def test_token_budget_defaults_to_the_log_prob_pass_when_its_dynamic_batch_size_is_on() -> None:
+    config = OmegaConf.create(
+        {"actor_rollout_ref": {"rollout": {"log_prob_use_dynamic_bsz": False, "log_prob_max_token_len_per_gpu": 24576}}}
+    )
+    assert attribution_token_budget(config, ACPOConfig()) is None
+    OmegaConf.update(config, "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz", True)
+    assert attribution_token_budget(config, ACPOConfig()) == 24576
+    budget = ACPOConfig.from_dict({"attribution": {"max_tokens_per_micro_batch": 8192}})
+    assert attribution_token_budget(config, budget) == 8192
+
+
+class _ActorWorkers:
+    """Stands in for the actor worker group: three data-parallel ranks that score on ``model`` in this process."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self._dispatch_info: dict[str, list[int]] = {}
+        self.requests: list[TensorDict] = []
+
+    def _query_dispatch_info(self, mesh_name: str) -> list[int]:
+        assert mesh_name == "actor"
+        return [0, 1, 2]
+
+    def compute_answer_loglik(self, request: TensorDict) -> TensorDict:
+        self.requests.append(request)
+        inputs = attribution_batch_from_request(request)
+        size = tu.get_non_tensor_data(request, "micro_batch_size", None)
+        scores = score_answer_loglik(self.model, inputs, micro_batch_size=size)
+        return TensorDict({ANSWER_LOGLIK_KEY: scores}, batch_size=[len(request)])
+
+    def compute_log_prob(self, request: TensorDict) -> TensorDict:
+        self.requests.append(request)
+        return TensorDict({"log_probs": _verl_style_log_probs(self.model, request)}, batch_size=[len(request)])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["packed", "naive"])
+def test_score_answers_sends_a_padded_request_and_returns_the_real_rows(
+    model: Any, qwen_tokenizer: Any, mode: str
+) -> None:
+    inputs = _inputs(qwen_tokenizer)
+    workers = _ActorWorkers(model)
+    rollout = {"temperature": 1.0, "log_prob_use_dynamic_bsz": False, "log_prob_micro_batch_size_per_gpu": 3}
+    config = OmegaConf.create({"actor_rollout_ref": {"rollout": rollout}})
+    acpo_config = ACPOConfig.from_dict({"attribution": {"micro_batch_size": 1}})
+    scores = score_answers(workers, inputs, mode, config, acpo_config)
+    # Packed: 2 responses padded to the 3 ranks. Naive: 7 sequences padded to 3 ranks x 3 per micro-batch.
+    assert [len(request) for request in workers.requests] == [3 if mode == "packed" else 9]
+    assert workers._dispatch_info == {"actor": [0, 1, 2]}
+    torch.testing.assert_close(scores, score_answer_loglik_naive(model, inputs, micro_batch_size=4), atol=1e-4, rtol=0)

@@ -8,7 +8,6 @@ import pytest
 from omegaconf import OmegaConf
 
 from acpo_core.config import ACPOConfig
-from recipe.acpo.acpo_trainer import attribution_token_budget
 from recipe.acpo.preflight import SetupError, check_acpo_block, check_acpo_trainer
 
 
@@ -65,17 +64,3 @@ def test_packed_attribution_refuses_sequence_parallel_naming_the_key(key: str) -
         _check(_verl_config(**{key: 2}))
     # verl's own compute_log_prob (naive mode) splits sequences across the SP group: allowed.
     assert _check(_verl_config(**{key: 2, "acpo.attribution.mode": "naive"})).stage == 1
-
-
-def test_token_budget_defaults_to_the_log_prob_pass_when_its_dynamic_batch_size_is_on() -> None:
-    config = _verl_config(
-        **{
-            "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz": False,
-            "actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu": 24576,
-        }
-    )
-    assert attribution_token_budget(config, _check(config)) is None
-    OmegaConf.update(config, "actor_rollout_ref.rollout.log_prob_use_dynamic_bsz", True)
-    assert attribution_token_budget(config, _check(config)) == 24576
-    OmegaConf.update(config, "acpo.attribution.max_tokens_per_micro_batch", 8192)
-    assert attribution_token_budget(config, _check(config)) == 8192
