@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from recipe.acpo import evaluate as ev
+from recipe.acpo.validation import evaluate as ev
 from recipe.acpo.validation.command import TAGGING_MANAGER_NAME
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,4 +1,5 @@
-"""recipe.acpo.evaluate: Acc@k tables from verl's validation dump, input checks, and a real validation run on CPU."""
+"""recipe.acpo.validation.evaluate (``python -m recipe.acpo.evaluate``): Acc@k tables from verl's validation dump,
+input checks, and a real validation run on CPU."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from recipe.acpo import evaluate as ev
+from recipe.acpo.validation import evaluate as ev
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,5 +14,9 @@ The parts they share:
 - :mod:`recipe.acpo.validation.tagging_reward_manager`: that wrapper, run by verl: the run's own reward manager, plus
   the fields each tool needs (the benchmark, the row number) copied into every sample's dumped reward information.
 
+The evaluation's own parts: :mod:`recipe.acpo.validation.acc_at_k` (the benchmark files and the results table),
+:mod:`recipe.acpo.validation.eval_plan` (the model located, the merge and validation commands built) and
+:mod:`recipe.acpo.validation.evaluate` (the tool and its command line; ``recipe.acpo.evaluate`` runs it).
+
 Importing the package imports nothing: verl's workers load the reward manager from it by module path.
 """

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recipe.acpo.acc_at_k import DATA_SOURCE_FIELD, BenchmarkFile, EvaluationError, inspect_benchmark
 from recipe.acpo.checkpoints import CheckpointError, find_verl_actor_checkpoint, is_hf_model_folder
+from recipe.acpo.validation.acc_at_k import DATA_SOURCE_FIELD, BenchmarkFile, EvaluationError, inspect_benchmark
 from recipe.acpo.validation.command import (
     compose_run_config,
     entry_point_command,
