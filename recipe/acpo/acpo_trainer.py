@@ -12,11 +12,12 @@ advantages back. The verl hooks the recipe overrides, in the order verl calls th
 4. ``_load_checkpoint`` (CurriculumMixin): restores the pass-rate tracker saved beside verl's checkpoint.
 5. ``_submit_batch_to_rollout`` (CurriculumMixin, Stage 1): tags hard prompts for hot sampling (§6).
 6. ``_compute_old_log_prob`` (CurriculumMixin): folds each group's accuracy into the tracker, logs tier metrics.
-7. ``_compute_advantage``: after verl's own pipeline (KL in reward, rollout correction, the registered ``acpo``
-   estimator, which is verl's GRPO: A_base of §1), reads the batch back, runs ``compute_acpo_step`` with the
-   workers' scoring (packed; verl's ``compute_log_prob`` on K+1 sequences with ``acpo.attribution.mode=naive``),
-   writes ``advantages`` and ``returns`` (nested, as verl does) and logs the §9 metrics and the timings
-   ``timing_s/acpo_segment`` and ``timing_s/acpo_attribution``.
+7. ``_compute_advantage``: after verl's own pipeline (KL in reward, rollout correction, the estimator registered as
+   ``acpo``, ``advantage_estimator.compute_grpo_base_advantage``: verl's GRPO, A_base of §1), reads the batch back,
+   lays the step credit on top with ``compute_acpo_step`` and the workers' scoring (packed; verl's
+   ``compute_log_prob`` on K+1 sequences with ``acpo.attribution.mode=naive``), writes ``advantages`` and ``returns``
+   (nested, as verl does) and logs the §9 metrics and the timings ``timing_s/acpo_segment`` and
+   ``timing_s/acpo_attribution``.
 8. ``_save_checkpoint`` (CurriculumMixin): writes the pass-rate tracker beside verl's checkpoint.
    (ACPOTrainer) then prunes ``global_step_N`` folders beyond ``trainer.max_actor_ckpt_to_keep``, earlier runs' too.
 

@@ -1,10 +1,12 @@
 """The ``acpo`` advantage estimator: how a verl config selects ACPO (``algorithm.adv_estimator=acpo``).
 
-A verl advantage estimator only sees ``token_level_rewards``, ``response_mask``, ``index`` (the prompt uid) and the
-``algorithm`` config section: it cannot see entropies or step attributions. So the registered function computes the
-outcome baseline A_base of §1 with verl's own ``compute_grpo_outcome_advantage`` (honouring
-``algorithm.norm_adv_by_std_in_grpo``, which verl's registry path does not forward), and
-:class:`recipe.acpo.acpo_trainer.ACPOTrainer` overlays the attributed, per-token advantage of §4-5 on top of it.
+The function registered under ``acpo`` computes GRPO's group-normalised outcome advantage, the A_base of §1, not
+ACPO's advantage: a verl advantage estimator only sees ``token_level_rewards``, ``response_mask``, ``index`` (the
+prompt uid) and the ``algorithm`` config section, not the entropies and step attributions the step credit needs. So
+:func:`compute_grpo_base_advantage` is verl's own ``compute_grpo_outcome_advantage`` (honouring
+``algorithm.norm_adv_by_std_in_grpo``, which verl's registry path does not forward), and the trainer's hook
+(:meth:`recipe.acpo.acpo_trainer.ACPOTrainer._compute_advantage`) reads those advantages back as A_base and lays the
+step credit of §4-5 on top of them in ``acpo_core.step.compute_acpo_step``.
 
 Selecting ``acpo`` with verl's plain trainer would silently train GRPO; ``recipe.acpo.main_acpo.build_trainer``
 always builds ``ACPOTrainer`` for this estimator (and only for it).
@@ -20,11 +22,12 @@ from verl.trainer.ppo import core_algos
 
 ACPO_ADV_ESTIMATOR = "acpo"
 
-__all__ = ["ACPO_ADV_ESTIMATOR", "compute_acpo_outcome_advantage"]
+__all__ = ["ACPO_ADV_ESTIMATOR", "compute_grpo_base_advantage"]
 
 
+# Registered as ``acpo`` so that the verl config selects ACPO; what it computes is GRPO's A_base (module docstring).
 @core_algos.register_adv_est(ACPO_ADV_ESTIMATOR)
-def compute_acpo_outcome_advantage(
+def compute_grpo_base_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
     index: np.ndarray,
@@ -33,6 +36,8 @@ def compute_acpo_outcome_advantage(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """§1: A_base,j = (r_j - mean_g r) / (std_g r + eps) on every valid token, by verl's GRPO function.
+
+    GRPO's advantage, not ACPO's: ``ACPOTrainer._compute_advantage`` lays the step credit (§4-5) on top of it.
 
     Args:
         token_level_rewards: ``[B, T]`` rewards (verl puts the outcome score on the last valid token).
