@@ -48,8 +48,8 @@ from recipe.acpo.curriculum import (
     CurriculumMixin,
     prompt_id,
 )
-from recipe.acpo.pass_rate import validation_command
 from recipe.acpo.preflight import check_acpo_block
+from recipe.acpo.validation.pass_rate import validation_command
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "recipe" / "acpo" / "config"

@@ -16,7 +16,9 @@ The parts they share:
 
 The evaluation's own parts: :mod:`recipe.acpo.validation.acc_at_k` (the benchmark files and the results table),
 :mod:`recipe.acpo.validation.eval_plan` (the model located, the merge and validation commands built) and
-:mod:`recipe.acpo.validation.evaluate` (the tool and its command line; ``recipe.acpo.evaluate`` runs it).
+:mod:`recipe.acpo.validation.evaluate` (the tool and its command line; ``recipe.acpo.evaluate`` runs it). The
+pre-pass's: :mod:`recipe.acpo.validation.pass_rate` (the tool and its command line; ``recipe.acpo.pass_rate`` runs
+it), with the data side, which needs no recipe, in ``data_prep.pass_rate``.
 
 Importing the package imports nothing: verl's workers load the reward manager from it by module path.
 """
