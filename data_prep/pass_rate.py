@@ -7,17 +7,16 @@ pass; this module is what it does to the data, with no dependency on the recipe:
 - ``add_row_numbers``: verl's dump does not say which data row a generation came from, so the working copy of the
   input gets a row number in ``extra_info`` (``acpo_pass_rate_row``), which the pre-pass's reward manager echoes into
   the per-sample reward information verl dumps;
-- ``read_dump`` / ``pass_rates_from_dump``: p(q) = correct samples / samples of the row, from that dump;
+- ``pass_rates_from_dump``: p(q) = correct samples / samples of the row, from that dump's records (the pre-pass
+  reads the dump with the validation package's reader);
 - ``write_pass_rates``: the input, row for row and column for column, with ``extra_info.pass_rate`` added (or
   replaced); a row verl could not sample keeps a null pass rate.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -33,7 +32,6 @@ __all__ = [
     "PassRates",
     "add_row_numbers",
     "pass_rates_from_dump",
-    "read_dump",
     "write_pass_rates",
 ]
 
@@ -129,12 +127,3 @@ def pass_rates_from_dump(records: Iterable[Mapping[str, Any]], num_rows: int) ->
         correct[row] += score > 0
     rates = [c / n if n else None for c, n in zip(correct, samples)]
     return PassRates(rates=rates, samples=samples)
-
-
-def read_dump(folder: Path) -> list[dict[str, Any]]:
-    """The generations verl dumped to ``trainer.validation_data_dir`` (one ``<step>.jsonl``)."""
-    files = sorted(folder.glob("*.jsonl"))
-    if len(files) != 1:
-        raise DataError(f"{folder}: expected one generations file from verl's validation, found {len(files)}")
-    with open(files[0], encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]

@@ -125,27 +125,6 @@ class EvaluationResult:
         return "\n".join(lines) + "\n"
 
 
-def read_generations(dump_dir: Path) -> list[dict[str, Any]]:
-    """The samples verl dumped to ``trainer.validation_data_dir`` (one JSONL file for a validation-only run)."""
-    files = sorted(dump_dir.glob("*.jsonl"))
-    if len(files) != 1:
-        raise EvaluationError(
-            f"expected exactly one generations file in {dump_dir} from a validation-only run, found "
-            f"{[f.name for f in files]}"
-        )
-    samples = []
-    with files[0].open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    samples.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise EvaluationError(f"{files[0]}:{line_number}: not JSON: {err}") from err
-    if not samples:
-        raise EvaluationError(f"{files[0]} holds no samples")
-    return samples
-
-
 def sample_accuracy(sample: dict[str, Any], where: str) -> float:
     """A dumped sample's accuracy: its ``acc`` when the scorer reported one, else its score, in [0, 1]."""
     value = sample.get("acc")

@@ -45,7 +45,6 @@ from recipe.acpo.validation.acc_at_k import (
     EvaluationResult,
     compute_table,
     inspect_benchmark,
-    read_generations,
     read_verl_reported,
 )
 from recipe.acpo.validation.command import ValidationRunError
@@ -56,6 +55,7 @@ from recipe.acpo.validation.eval_plan import (
     plan_evaluation,
     sampling_settings,
 )
+from recipe.acpo.validation.generations import read_generations
 
 # Public names of the tool, importable from here as before its parts were split out.
 __all__ = [
@@ -127,7 +127,8 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult | None:
                 raise EvaluationError(f"the merge tool wrote no Hugging Face model to {plan.model}")
         _run_streaming(plan.validate, plan.env, plan.log_file, "verl validation")
         expected = {source: n for bench in plan.benchmarks for source, n in bench.problems_per_source.items()}
-        result = compute_table(read_generations(plan.dump_dir), args.k, expected, where=str(plan.dump_dir))
+        generations = read_generations(plan.dump_dir)
+        result = compute_table(generations.samples, args.k, expected, where=str(generations.file))
         result.verl_reported = read_verl_reported(plan.metrics_file, [row.benchmark for row in result.rows], args.k)
         for row in result.rows:
             verl_value = result.verl_reported.get(row.benchmark)

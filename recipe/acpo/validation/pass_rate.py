@@ -34,7 +34,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from data_prep.cli import module_parser
-from data_prep.pass_rate import ROW_KEY, add_row_numbers, pass_rates_from_dump, read_dump, write_pass_rates
+from data_prep.pass_rate import ROW_KEY, add_row_numbers, pass_rates_from_dump, write_pass_rates
 from data_prep.schema import DataError
 from recipe.acpo.validation.command import (
     PROJECT_ROOT,
@@ -46,6 +46,7 @@ from recipe.acpo.validation.command import (
     training_size_overrides,
     validation_only_overrides,
 )
+from recipe.acpo.validation.generations import read_generations
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 3
@@ -146,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if done.returncode != 0:
             print(f"pass_rate: error: the validation run exited with status {done.returncode}", file=sys.stderr)
             return EXIT_RUN_FAILED
-        rates = pass_rates_from_dump(read_dump(dump_dir), table.num_rows)
+        rates = pass_rates_from_dump(read_generations(dump_dir).samples, table.num_rows)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(write_pass_rates(table, rates.rates), args.output)
         print(rates.summary(args.k, args.hard_pass_rate))
