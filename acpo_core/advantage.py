@@ -1,10 +1,10 @@
 """§1, §4, §5: from outcome rewards and step contributions to per-token advantages.
 
-A_base is GRPO's group-normalised outcome advantage (§1). Each step i of a response gets a signed importance s_i from
-its contribution C_i, an uncertainty u_i from its mean entropy, and a weight w_i from the three entropy-regulation
-regimes; A_final,i = A_base + alpha * |A_base| * s_i * w_i (§4). Stage 2 spreads a step's credit over its tokens by
-confidence, omega_t = |S_i| * softmax_{t in S_i}(-H_t / tau) (§5). The advantage written back to verl is
-A_t = omega_t * A_final,step(t), 0 on padding.
+A_base is GRPO's group-normalised outcome advantage (§1), an input here (verl computes it). Each step i of a response
+gets a signed importance s_i from its contribution C_i, an uncertainty u_i from its mean entropy, and a weight w_i
+from the three entropy-regulation regimes; A_final,i = A_base + alpha * |A_base| * s_i * w_i (§4). Stage 2 spreads a
+step's credit over its tokens by confidence, omega_t = |S_i| * softmax_{t in S_i}(-H_t / tau) (§5). The advantage
+written back to verl is A_t = omega_t * A_final,step(t), 0 on padding.
 
 Shapes: B responses, T response positions (right-padded), Kmax step slots (>= every response's K). Step tensors come
 from :mod:`acpo_core.segmentation` (``step_index`` [B, T], -1 on padding; ``num_steps`` [B], K >= 1, an empty response
@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from acpo_core.baseline import group_index, grpo_outcome_advantage
 from acpo_core.checks import fail_rows, require_finite, require_integer
 from acpo_core.config import ACPOConfig, AdvantageConfig
 
@@ -29,8 +28,6 @@ __all__ = [
     "ACPOAdvantage",
     "attributed_step_advantage",
     "compute_acpo_advantage",
-    "group_index",
-    "grpo_outcome_advantage",
     "redistribute_attribution",
     "signed_step_importance",
     "step_attribution_advantage",

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from acpo_core.baseline import group_labels
 from acpo_core.config import CurriculumConfig
+from acpo_core.groups import group_labels
 
 __all__ = ["PassRateTracker", "group_positions", "hot_response_count"]
 

@@ -47,7 +47,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from acpo_core.attribution import AttributionBatch, render_answer_batch  # noqa: E402
-from acpo_core.baseline import grpo_outcome_advantage  # noqa: E402
 from acpo_core.config import ACPOConfig  # noqa: E402
 from acpo_core.scoring import score_answer_loglik  # noqa: E402
 from acpo_core.segmentation import VocabTables, segmentation_from_boundaries  # noqa: E402
@@ -312,6 +311,7 @@ def testbed_batch(
 ) -> tuple[dict[str, ACPOBatch], VocabTables, Any, torch.Tensor, dict[str, Any]]:
     """Sampled testbed responses (:func:`answer_renderings`), their tables, the policy and the first wrong tokens."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 
     from recipe.acpo.step_dump import token_text_table
     from recipe.acpo.testbed.policy import answer_of
@@ -365,7 +365,7 @@ def testbed_batch(
         response_ids=response_ids,
         response_mask=response_mask,
         entropy=response_entropy(model, prompt_ids, prompt_mask, response_ids, response_mask),
-        base_advantages=grpo_outcome_advantage(scores, uids),
+        base_advantages=compute_grpo_outcome_advantage(scores[:, None], torch.ones(len(scores), 1), uids)[0][:, 0],
         scores=scores,
         is_padding=torch.zeros(len(responses), dtype=torch.bool),
         uids=uids,

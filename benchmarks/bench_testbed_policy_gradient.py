@@ -1,10 +1,11 @@
 """Does the testbed policy learn under a plain policy gradient, without verl? A control for bench_learning.py.
 
 When verl's GRPO and ACPO both fail to raise held-out accuracy on the CPU testbed, the question is whether the
-pipeline is at fault (rollout, weight sync, loss, reward) or the task and policy are. This script answers it with
-nothing but torch and transformers: it samples the testbed policy, rewards the answers (the testbed's own answer
-parser), and takes GRPO steps (§1's group-normalised outcome advantage, token-mean loss, AdamW, gradient clipping
-at 1.0, one optimiser step per batch, as verl's actor with one mini-batch). Three directions, each from the same
+pipeline is at fault (rollout, weight sync, loss, reward) or the task and policy are. This script answers it without
+verl's pipeline, with torch and transformers: it samples the testbed policy, rewards the answers (the testbed's own
+answer parser), and takes GRPO steps (§1's group-normalised outcome advantage, by verl's pure function
+``compute_grpo_outcome_advantage``, the project's one GRPO; token-mean loss, AdamW, gradient clipping at 1.0, one
+optimiser step per batch, as verl's actor with one mini-batch). Three directions, each from the same
 policy with the same prompts and seed:
 
 - ``grpo``: A = A_base (ascends the expected reward);
@@ -27,9 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from acpo_core.baseline import grpo_outcome_advantage
 from recipe.acpo.testbed.demonstrations import hasty_line_share, is_hasty_line
 from recipe.acpo.testbed.policy import answer_of, sample_responses
 from recipe.acpo.testbed.task import StepProblem, TaskSpec, generate
@@ -140,6 +141,7 @@ def build_optimizer(model: Any, name: str, lr: float) -> torch.optim.Optimizer:
 def run_direction(direction: str, args: argparse.Namespace, train: list[StepProblem], val: list[StepProblem]) -> dict:
     """Train a fresh copy of the policy in one direction; held-out accuracy every ``--eval-every`` steps."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.policy)
@@ -153,8 +155,9 @@ def run_direction(direction: str, args: argparse.Namespace, train: list[StepProb
         sequences, attention_mask, response_mask, rewards, width = sample_batch(
             model, tokenizer, problems, args.rollout_n, args.max_response_length
         )
-        group_ids = torch.arange(len(problems)).repeat_interleave(args.rollout_n)
-        advantages = grpo_outcome_advantage(rewards, group_ids)
+        group_ids = np.arange(len(problems)).repeat(args.rollout_n)
+        # §1's A_base: each response is one outcome score (a one-token reward row), grouped by its prompt.
+        advantages = compute_grpo_outcome_advantage(rewards[:, None], torch.ones(len(rewards), 1), group_ids)[0][:, 0]
         if direction == "negated":
             advantages = -advantages
         elif direction == "noise":

@@ -1,4 +1,7 @@
-"""acpo_core.advantage: §1 (GRPO baseline), §4 (attributed advantage), §5 (token weights)."""
+"""acpo_core.advantage: §4 (attributed advantage), §5 (token weights), on top of §1's GRPO baseline.
+
+A_base comes from verl's own ``compute_grpo_outcome_advantage``, the one GRPO reference (the recipe's ``acpo``
+estimator is that function)."""
 
 from __future__ import annotations
 
@@ -18,8 +21,6 @@ from acpo_core.advantage import (
     REGIME_INVALID,
     attributed_step_advantage,
     compute_acpo_advantage,
-    group_index,
-    grpo_outcome_advantage,
     signed_step_importance,
     step_attribution_advantage,
     step_uncertainty,
@@ -58,6 +59,11 @@ def _verl_grpo(scores: torch.Tensor, uids: np.ndarray, mask: torch.Tensor, norm_
     return advantages
 
 
+def _a_base(scores: torch.Tensor, uids: np.ndarray | list[str], norm_by_std: bool = True) -> torch.Tensor:
+    """§1's A_base [B] by verl's GRPO: one outcome score per response (a one-token response each)."""
+    return _verl_grpo(scores, np.asarray(uids, dtype=object), torch.ones(len(scores), 1), norm_by_std)[:, 0]
+
+
 def _grpo_batch() -> tuple[torch.Tensor, np.ndarray]:
     # Group a: 2 of 4 correct; b: all correct (zero variance); c: a singleton; d: 2 of 3 correct, interleaved with the
     # others so that groups are not contiguous.
@@ -69,17 +75,9 @@ def _grpo_batch() -> tuple[torch.Tensor, np.ndarray]:
 # ---------------------------------------------------------------------------------------------------------- §1 GRPO
 
 
-@pytest.mark.parametrize("norm_by_std", [True, False])
-def test_grpo_outcome_advantage_equals_verl_bit_for_bit(norm_by_std: bool) -> None:
+def test_grpo_baseline_hand_worked() -> None:
     scores, uids = _grpo_batch()
-    verl_adv = _verl_grpo(scores, uids, torch.ones(len(scores), 3), norm_by_std)
-    ours = grpo_outcome_advantage(scores, uids, norm_adv_by_std_in_grpo=norm_by_std)
-    assert torch.equal(_bits(ours), _bits(verl_adv[:, 0]))
-
-
-def test_grpo_outcome_advantage_hand_worked() -> None:
-    scores, uids = _grpo_batch()
-    a_base = grpo_outcome_advantage(scores, uids)
+    a_base = _a_base(scores, uids)
     # Group a holds rows 0, 2, 4, 8 with scores [1, 0, 1, 1]: mean 0.75,
     # unbiased std = sqrt((0.0625 * 3 + 0.5625) / 3) = sqrt(0.25) = 0.5 -> [0.5, -1.5, 0.5, 0.5].
     assert a_base[[0, 2, 4, 8]].tolist() == pytest.approx([0.5, -1.5, 0.5, 0.5], rel=1e-5)
@@ -90,55 +88,9 @@ def test_grpo_outcome_advantage_hand_worked() -> None:
     assert a_base[[1, 7, 9]].tolist() == pytest.approx([-(3**-0.5), -(3**-0.5), 2 * 3**-0.5], rel=1e-5)
 
 
-@settings(max_examples=60, deadline=None)
-@given(
-    group_sizes=st.lists(st.integers(1, 12), min_size=1, max_size=6),
-    seed=st.integers(0, 2**31 - 1),
-    grid=st.sampled_from([1.0, 0.5, 0.125]),
-    norm_by_std=st.booleans(),
-)
-def test_grpo_outcome_advantage_equals_verl_on_random_groups(
-    group_sizes: list[int], seed: int, grid: float, norm_by_std: bool
-) -> None:
-    # Rewards on a binary grid (0/1 verifiable rewards when grid = 1): every group sum is exact, so bit for bit.
-    rng = np.random.default_rng(seed)
-    uids = np.array([f"uid-{g}" for g, size in enumerate(group_sizes) for _ in range(size)], dtype=object)
-    rng.shuffle(uids)
-    scores = torch.tensor(rng.integers(-3, 5, size=len(uids)) * grid, dtype=torch.float32)
-    verl_adv = _verl_grpo(scores, uids, torch.ones(len(uids), 1), norm_by_std)
-    ours = grpo_outcome_advantage(scores, uids, norm_adv_by_std_in_grpo=norm_by_std)
-    assert torch.equal(_bits(ours), _bits(verl_adv[:, 0]))
-
-
-def test_grpo_outcome_advantage_is_close_to_verl_for_arbitrary_float_rewards() -> None:
-    generator = torch.Generator().manual_seed(3)
-    uids = np.array([f"g{i % 7}" for i in range(56)], dtype=object)
-    scores = torch.randn(56, generator=generator) * 3
-    verl_adv = _verl_grpo(scores, uids, torch.ones(56, 1))
-    ours = grpo_outcome_advantage(scores, uids)
-    # torch.sum's order differs from a scatter sum: the mean may differ in its last bit, no more.
-    assert torch.allclose(ours, verl_adv[:, 0], rtol=0, atol=1e-5)
-
-
 def test_grpo_zero_variance_groups_give_zero_advantage() -> None:
-    a_base = grpo_outcome_advantage(torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0]), ["g", "g", "g", "h", "h"])
+    a_base = _a_base(torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0]), ["g", "g", "g", "h", "h"])
     assert torch.equal(a_base, torch.zeros(5))
-
-
-def test_group_index_maps_labels_by_value() -> None:
-    inverse, num_groups = group_index(np.array([7, 3, 7, 9]))
-    assert num_groups == 3 and inverse.tolist() == [1, 0, 1, 2]
-    inverse, num_groups = group_index(["x", "y", "x"])
-    assert num_groups == 2 and inverse[0] == inverse[2] != inverse[1]
-    with pytest.raises(ValueError, match="mutually comparable"):
-        group_index(np.array(["a", 1], dtype=object))
-
-
-def test_grpo_rejects_bad_scores_naming_the_row() -> None:
-    with pytest.raises(ValueError, match="scores is NaN or infinite: row 2"):
-        grpo_outcome_advantage(torch.tensor([1.0, 0.0, float("nan")]), ["a", "a", "b"])
-    with pytest.raises(ValueError, match="3 responses but 2 group ids"):
-        grpo_outcome_advantage(torch.tensor([1.0, 0.0, 1.0]), ["a", "a"])
 
 
 # ------------------------------------------------------------------------------------------- §4 signed importance
@@ -328,7 +280,7 @@ def test_alpha_zero_stage1_is_verl_grpo_bit_for_bit(norm_by_std: bool) -> None:
     lengths = [[3, 4], [7], [2, 2, 2], [5, 1], [6], [1, 5], [3, 3], [], [4, 2], [1]]
     step_index, num_steps, mask = _steps_from_lengths(lengths, width=8)
     verl_adv = _verl_grpo(scores, uids, mask.float(), norm_by_std)
-    a_base = grpo_outcome_advantage(scores, uids, norm_adv_by_std_in_grpo=norm_by_std)
+    a_base = _a_base(scores, uids, norm_by_std)
     generator = torch.Generator().manual_seed(0)
     contributions = torch.randn(len(scores), 3, generator=generator)
     entropy = torch.rand(mask.shape, generator=generator) * 3
@@ -340,7 +292,7 @@ def test_alpha_zero_stage1_is_verl_grpo_bit_for_bit(norm_by_std: bool) -> None:
 
 
 def test_zero_variance_group_gets_zero_advantage() -> None:
-    a_base = grpo_outcome_advantage(torch.tensor([1.0, 1.0, 1.0]), ["g", "g", "g"])
+    a_base = _a_base(torch.tensor([1.0, 1.0, 1.0]), ["g", "g", "g"])
     step_index, num_steps, mask = _steps_from_lengths([[2, 2], [4], [1, 3]], width=4)
     for stage in (1, 2):
         out = compute_acpo_advantage(
