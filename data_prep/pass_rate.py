@@ -6,18 +6,15 @@ pass; this module is what it does to the data, with no dependency on the recipe:
 
 - ``add_row_numbers``: verl's dump does not say which data row a generation came from, so the working copy of the
   input gets a row number in ``extra_info`` (``acpo_pass_rate_row``), which the pre-pass's reward manager echoes into
-  the per-sample reward information verl dumps;
-- ``pass_rates_from_dump``: p(q) = correct samples / samples of the row, from that dump's records (the pre-pass
-  reads the dump with the validation package's reader);
+  the per-sample reward information verl dumps (reading that dump and counting the correct samples of each row is
+  the recipe's side, in its validation package);
 - ``write_pass_rates``: the input, row for row and column for column, with ``extra_info.pass_rate`` added (or
   replaced); a row verl could not sample keeps a null pass rate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
 
 import pyarrow as pa
 
@@ -29,16 +26,9 @@ PASS_RATE_KEY = "pass_rate"
 __all__ = [
     "PASS_RATE_KEY",
     "ROW_KEY",
-    "PassRates",
     "add_row_numbers",
-    "pass_rates_from_dump",
     "write_pass_rates",
 ]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The working copy and the output
-# ----------------------------------------------------------------------------------------------------------------
 
 
 def _extra_info_children(table: pa.Table) -> tuple[list[pa.Array], list[str]]:
@@ -78,52 +68,3 @@ def write_pass_rates(table: pa.Table, rates: Sequence[float | None]) -> pa.Table
         [child for child, _ in kept] + [pa.array(list(rates), type=pa.float64())],
         [name for _, name in kept] + [PASS_RATE_KEY],
     )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Reading verl's generations dump
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PassRates:
-    """Per-row pass rates (None: no sample came back) and the sample counts behind them."""
-
-    rates: list[float | None]
-    samples: list[int]
-
-    def summary(self, k: int, hard_pass_rate: float) -> str:
-        estimated = [r for r in self.rates if r is not None]
-        short = sum(0 < n < k for n in self.samples)
-        lines = [
-            f"rows: {len(self.rates)}, with a pass rate: {len(estimated)}, without (no sample came back): "
-            f"{len(self.rates) - len(estimated)}",
-            f"rows with fewer than k={k} samples: {short}",
-        ]
-        if estimated:
-            hard = sum(r <= hard_pass_rate for r in estimated)
-            lines.append(
-                f"mean pass rate: {sum(estimated) / len(estimated):.4f}; rows at or below {hard_pass_rate} (hard in "
-                f"Stage 1 with acpo.curriculum.hard_pass_rate={hard_pass_rate}): {hard} ({hard / len(estimated):.1%})"
-            )
-        return "\n".join(lines)
-
-
-def pass_rates_from_dump(records: Iterable[Mapping[str, Any]], num_rows: int) -> PassRates:
-    """Pass rate of each data row from verl's validation dump (one record per generation, ``score`` > 0: correct).
-
-    Raises:
-        DataError: a record without a valid ``acpo_pass_rate_row`` or ``score`` (naming the record).
-    """
-    correct = [0] * num_rows
-    samples = [0] * num_rows
-    for number, record in enumerate(records):
-        row, score = record.get(ROW_KEY), record.get("score")
-        if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < num_rows:
-            raise DataError(f"generation record {number}: {ROW_KEY}={row!r} is not a row of the {num_rows}-row input")
-        if isinstance(score, bool) or not isinstance(score, int | float):
-            raise DataError(f"generation record {number} (row {row}): score {score!r} is not a number")
-        samples[row] += 1
-        correct[row] += score > 0
-    rates = [c / n if n else None for c, n in zip(correct, samples)]
-    return PassRates(rates=rates, samples=samples)

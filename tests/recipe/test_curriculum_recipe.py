@@ -30,7 +30,7 @@ from verl.utils import tensordict_utils as tu
 
 from acpo_core.curriculum import PassRateTracker
 from data_prep.pass_rate import ROW_KEY as PASS_RATE_ROW_KEY
-from data_prep.pass_rate import add_row_numbers, pass_rates_from_dump, write_pass_rates
+from data_prep.pass_rate import add_row_numbers, write_pass_rates
 from data_prep.schema import DataError, build_row, write_rows
 from recipe.acpo import config_search_path  # noqa: F401  (registers verl's packaged configs on Hydra's search path)
 from recipe.acpo.agent_loop import (
@@ -49,7 +49,8 @@ from recipe.acpo.curriculum import (
     prompt_id,
 )
 from recipe.acpo.preflight import check_acpo_block
-from recipe.acpo.validation.pass_rate import validation_command
+from recipe.acpo.validation.generations import GenerationsError
+from recipe.acpo.validation.pass_rate import pass_rates_from_dump, validation_command
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "recipe" / "acpo" / "config"
@@ -538,8 +539,19 @@ def test_pass_rates_are_the_share_of_correct_samples_per_row() -> None:
     ],
 )
 def test_a_dump_record_without_a_valid_row_is_rejected(record: dict, message: str) -> None:
-    with pytest.raises(DataError, match=f"generation record 0: {re.escape(message)}"):
-        pass_rates_from_dump([record], num_rows=3)
+    with pytest.raises(GenerationsError, match=f"0.jsonl, sample 0: {re.escape(message)}"):
+        pass_rates_from_dump([record], num_rows=3, where="0.jsonl")
+
+
+def test_a_sample_is_correct_by_the_evaluations_rule_its_acc_else_its_score_in_0_1() -> None:
+    dump = [
+        {PASS_RATE_ROW_KEY: 0, "score": 0.0, "acc": True},
+        {PASS_RATE_ROW_KEY: 0, "score": 1.0, "acc": 0.0},
+        {PASS_RATE_ROW_KEY: 1, "score": 1.0},
+    ]
+    assert pass_rates_from_dump(dump, num_rows=2).rates == [0.5, 1.0]
+    with pytest.raises(GenerationsError, match=r"sample 0 \(row 1\): accuracy -1.0 is not a number in \[0, 1\]"):
+        pass_rates_from_dump([{PASS_RATE_ROW_KEY: 1, "score": -1.0}], num_rows=2)
 
 
 def test_the_pre_pass_command_line_documents_itself_and_builds_verls_validation_run(tmp_path: Path) -> None:

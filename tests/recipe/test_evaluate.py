@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from recipe.acpo.validation import evaluate as ev
+from recipe.acpo.validation.generations import GenerationsError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,7 +76,7 @@ def test_a_sample_missing_from_the_dump_counts_as_wrong() -> None:
 def test_score_is_the_accuracy_when_the_scorer_reports_no_acc_and_out_of_range_scores_are_rejected() -> None:
     samples = [_sample("gsm", "p1", 0, None, score=1.0), _sample("gsm", "p1", 1, None, score=0.0)]
     assert ev.compute_table(samples, k=2).rows[0].acc_at_k == pytest.approx(0.5)
-    with pytest.raises(ev.EvaluationError, match=r"sample 0: accuracy -1.0 is not a number in \[0, 1\]"):
+    with pytest.raises(GenerationsError, match=r"sample 0: accuracy -1.0 is not a number in \[0, 1\]"):
         ev.compute_table([_sample("gsm", "p1", 0, None, score=-1.0)], k=1)
 
 

@@ -13,7 +13,8 @@ The parts they share:
   wrapped so that each dumped sample says where it came from, the interpreter and environment it runs with);
 - :mod:`recipe.acpo.validation.tagging_reward_manager`: that wrapper, run by verl: the run's own reward manager, plus
   the fields each tool needs (the benchmark, the row number) copied into every sample's dumped reward information;
-- :mod:`recipe.acpo.validation.generations`: what verl dumped, read back (one strict reader).
+- :mod:`recipe.acpo.validation.generations`: what verl dumped, read back (one strict reader), and the one
+  correctness rule (a sample's ``acc``, else its score, in [0, 1]; correct above 0).
 
 The evaluation's own parts: :mod:`recipe.acpo.validation.acc_at_k` (the benchmark files and the results table),
 :mod:`recipe.acpo.validation.eval_plan` (the model located, the merge and validation commands built) and

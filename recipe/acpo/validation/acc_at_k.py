@@ -3,16 +3,16 @@
 - Acc@k: the mean accuracy over the k samples of a problem, averaged over the problems (the paper's metric);
 - Pass@k: the fraction of problems with at least one correct sample (reported alongside).
 
-One row per benchmark (``data_source``), then the macro average over benchmarks. A sample's accuracy is its ``acc``
-field when the scorer reports one (verl's convention), else its score; it must lie in [0, 1]. A sample that verl
-failed to produce counts as wrong, as in verl's own validation metrics. The benchmark files are checked and counted
-here too (:func:`inspect_benchmark`), so that the table can say how many problems each input held.
+One row per benchmark (``data_source``), then the macro average over benchmarks. A sample's accuracy and whether it
+is correct follow the rule of ``recipe.acpo.validation.generations`` (its ``acc`` when the scorer reports one, else
+its score, in [0, 1]; correct above 0). A sample that verl failed to produce counts as wrong, as in verl's own
+validation metrics. The benchmark files are checked and counted here too (:func:`inspect_benchmark`), so that the
+table can say how many problems each input held.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from collections import defaultdict
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from recipe.acpo.validation.command import TAGGING_MANAGER_NAME, ValidationRunError
+from recipe.acpo.validation.generations import is_correct, sample_accuracy, sample_location
 
 DATA_SOURCE_FIELD = "data_source"
 REQUIRED_COLUMNS = ("data_source", "prompt", "reward_model")
@@ -125,20 +126,6 @@ class EvaluationResult:
         return "\n".join(lines) + "\n"
 
 
-def sample_accuracy(sample: dict[str, Any], where: str) -> float:
-    """A dumped sample's accuracy: its ``acc`` when the scorer reported one, else its score, in [0, 1]."""
-    value = sample.get("acc")
-    if value is None:
-        value = sample.get("score")
-    if isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, int | float) or not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise EvaluationError(
-            f"{where}: accuracy {value!r} is not a number in [0, 1]; the scorer must report 'acc' or a 0/1 score"
-        )
-    return float(value)
-
-
 def problem_id(sample: dict[str, Any], where: str) -> str:
     """The problem a dumped sample answers: verl keys samples ``{uid}_{session}_{index}``."""
     key = sample.get("uid")
@@ -165,7 +152,7 @@ def compute_table(
         raise EvaluationError(f"k must be >= 1, got {k}")
     per_problem: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for index, sample in enumerate(samples):
-        location = f"{where}, sample {index}"
+        location = sample_location(where, index)
         source = sample.get(DATA_SOURCE_FIELD)
         if not isinstance(source, str) or not source:
             raise EvaluationError(
@@ -189,7 +176,7 @@ def compute_table(
         if over:
             raise EvaluationError(f"benchmark {name}: more than k={k} samples for problems {over}")
         acc = [sum(accs) / k for accs in problems.values()]
-        passed = [any(a > 0 for a in accs) for accs in problems.values()]
+        passed = [any(map(is_correct, accs)) for accs in problems.values()]
         samples_seen = sum(len(accs) for accs in problems.values())
         rows.append(
             BenchmarkResult(

@@ -1,4 +1,5 @@
-"""What a validation pass dumped, read back: the samples verl wrote to ``trainer.validation_data_dir``.
+"""What a validation pass dumped, read back: the samples verl wrote to ``trainer.validation_data_dir``, and when a
+sample counts as correct.
 
 verl writes every validation sample with its score and the reward manager's extra information (among them the tags
 of ``recipe.acpo.validation.tagging_reward_manager``) as one JSON object a line, to one file per validation:
@@ -8,18 +9,28 @@ sample's place in it.
 
 The reader is strict: another number of files than one, a line that is not a JSON object, or a file without any
 sample is an error that names the folder, or the file and the line.
+
+The correctness rule, the same for Acc@k and Pass@k and for the pre-pass's p(q):
+
+- a sample's accuracy (:func:`sample_accuracy`) is its ``acc`` when the scorer reports one (verl's convention; the
+  recipe's reward reports ``acc`` = ``score`` in {0, 1}), else its ``score``; it must be a number in [0, 1] (a bool
+  counts as 0 or 1), or the sample is an error naming the file and the sample;
+- a sample is correct (:func:`is_correct`) when its accuracy is above 0, as training counts a group's accuracy from
+  ``score > 0`` (``recipe.acpo.curriculum``): Pass@k is the share of problems with a correct sample, p(q) the share
+  of a prompt's samples that are correct, Acc@k the mean accuracy.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from recipe.acpo.validation.command import ValidationRunError
 
-__all__ = ["Generations", "GenerationsError", "read_generations"]
+__all__ = ["Generations", "GenerationsError", "is_correct", "read_generations", "sample_accuracy", "sample_location"]
 
 
 class GenerationsError(ValidationRunError):
@@ -32,6 +43,11 @@ class Generations:
 
     file: Path
     samples: list[dict[str, Any]]
+
+
+def sample_location(where: str, index: int) -> str:
+    """How an error names sample ``index`` (0-based, in the file's order) of the dump ``where`` (its file)."""
+    return f"{where}, sample {index}"
 
 
 def read_generations(dump_dir: Path) -> Generations:
@@ -62,3 +78,26 @@ def read_generations(dump_dir: Path) -> Generations:
     if not samples:
         raise GenerationsError(f"{files[0]} holds no samples")
     return Generations(file=files[0], samples=samples)
+
+
+def sample_accuracy(sample: dict[str, Any], where: str) -> float:
+    """A dumped sample's accuracy: its ``acc`` when the scorer reported one, else its score, in [0, 1].
+
+    Raises:
+        GenerationsError: the value is not a number in [0, 1] (the message starts with ``where``).
+    """
+    value = sample.get("acc")
+    if value is None:
+        value = sample.get("score")
+    if isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, int | float) or not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise GenerationsError(
+            f"{where}: accuracy {value!r} is not a number in [0, 1]; the scorer must report 'acc' or a 0/1 score"
+        )
+    return float(value)
+
+
+def is_correct(accuracy: float) -> bool:
+    """Whether a sample of this accuracy (:func:`sample_accuracy`) counts as correct: above 0."""
+    return accuracy > 0

@@ -5,7 +5,9 @@ so hard prompts are sampled hot from the first epoch instead of after their firs
 computes it the way training will see it: k samples per prompt through verl's own validation path
 (``recipe.acpo.validation.command``: ``python -m recipe.acpo.main_acpo ... trainer.val_only=True`` with the training
 parquet as validation data, ``rollout.val_kwargs.n=k`` at the rollout temperature), scored by the recipe's math
-reward, dumped by verl to ``trainer.validation_data_dir`` and read back. p(q) = correct samples / samples of the prompt.
+reward, dumped by verl to ``trainer.validation_data_dir`` and read back. p(q) = correct samples / samples of the prompt,
+a sample being correct as in the evaluation (``recipe.acpo.validation.generations``: its ``acc``, else its score, in
+[0, 1] and above 0).
 
 verl's dump does not say which data row a generation came from, so the pre-pass adds a row number to
 ``extra_info`` (``acpo_pass_rate_row``) of a working copy of the input and wraps the run's reward manager in
@@ -28,13 +30,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
 from data_prep.cli import module_parser
-from data_prep.pass_rate import ROW_KEY, add_row_numbers, pass_rates_from_dump, write_pass_rates
+from data_prep.pass_rate import ROW_KEY, add_row_numbers, write_pass_rates
 from data_prep.schema import DataError
 from recipe.acpo.validation.command import (
     PROJECT_ROOT,
@@ -46,14 +50,20 @@ from recipe.acpo.validation.command import (
     training_size_overrides,
     validation_only_overrides,
 )
-from recipe.acpo.validation.generations import read_generations
+from recipe.acpo.validation.generations import (
+    GenerationsError,
+    is_correct,
+    read_generations,
+    sample_accuracy,
+    sample_location,
+)
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 3
 # What the tagging reward manager copies into each dumped sample: the row number of the working copy.
 ROW_TAG = f"extra_info.{ROW_KEY}"
 
-__all__ = ["ROW_TAG", "main", "validation_command"]
+__all__ = ["ROW_TAG", "PassRates", "main", "pass_rates_from_dump", "validation_command"]
 
 
 def validation_command(
@@ -90,6 +100,50 @@ def validation_command(
     # replacing the wrapper.
     composed = [*tagging_reward_manager_overrides(run_config, tags=[ROW_TAG]), *training_size_overrides(run_config)]
     return entry_point_command(config_name, [*settings, *overrides, *composed])
+
+
+@dataclass(frozen=True)
+class PassRates:
+    """Per-row pass rates (None: no sample came back) and the sample counts behind them."""
+
+    rates: list[float | None]
+    samples: list[int]
+
+    def summary(self, k: int, hard_pass_rate: float) -> str:
+        estimated = [r for r in self.rates if r is not None]
+        short = sum(0 < n < k for n in self.samples)
+        lines = [
+            f"rows: {len(self.rates)}, with a pass rate: {len(estimated)}, without (no sample came back): "
+            f"{len(self.rates) - len(estimated)}",
+            f"rows with fewer than k={k} samples: {short}",
+        ]
+        if estimated:
+            hard = sum(r <= hard_pass_rate for r in estimated)
+            lines.append(
+                f"mean pass rate: {sum(estimated) / len(estimated):.4f}; rows at or below {hard_pass_rate} (hard in "
+                f"Stage 1 with acpo.curriculum.hard_pass_rate={hard_pass_rate}): {hard} ({hard / len(estimated):.1%})"
+            )
+        return "\n".join(lines)
+
+
+def pass_rates_from_dump(samples: Iterable[Mapping[str, Any]], num_rows: int, where: str = "generations") -> PassRates:
+    """Pass rate of each data row from verl's validation dump ``where``: the share of its samples that are correct.
+
+    Raises:
+        GenerationsError: a sample without a valid ``acpo_pass_rate_row`` or accuracy (naming ``where`` and the
+            sample).
+    """
+    correct = [0] * num_rows
+    counts = [0] * num_rows
+    for index, sample in enumerate(samples):
+        location = sample_location(where, index)
+        row = sample.get(ROW_KEY)
+        if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < num_rows:
+            raise GenerationsError(f"{location}: {ROW_KEY}={row!r} is not a row of the {num_rows}-row input")
+        counts[row] += 1
+        correct[row] += is_correct(sample_accuracy(sample, f"{location} (row {row})"))
+    rates = [c / n if n else None for c, n in zip(correct, counts)]
+    return PassRates(rates=rates, samples=counts)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -147,7 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if done.returncode != 0:
             print(f"pass_rate: error: the validation run exited with status {done.returncode}", file=sys.stderr)
             return EXIT_RUN_FAILED
-        rates = pass_rates_from_dump(read_generations(dump_dir).samples, table.num_rows)
+        generations = read_generations(dump_dir)
+        rates = pass_rates_from_dump(generations.samples, table.num_rows, where=str(generations.file))
         args.output.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(write_pass_rates(table, rates.rates), args.output)
         print(rates.summary(args.k, args.hard_pass_rate))
