@@ -1,22 +1,34 @@
-"""Learning benchmark on the CPU testbed (issue 10, item 4): verl's GRPO against ACPO without and with attribution.
+"""Learning benchmark on the CPU testbed (issue 22): does step credit make RL learn faster or better than GRPO?
 
-Three arms at an equal budget (same policy, data, steps, responses per step, learning rate, two-stage schedule and
-seeds); only what defines an arm differs:
+Five arms at an equal budget, all from the same policy, data, steps, responses per step, learning rate, two-stage
+schedule and seeds; only what defines an arm differs:
 
-- ``grpo``: verl's GRPO estimator (``grpo_cpu_testbed``: single-turn rollouts, no curriculum, uniform token weights);
-  Stage 1 KL-free, Stage 2 adds the K3 (low_var_kl) loss to the merged Stage-1 model, coefficient 0.001 as ACPO's.
-- ``acpo_noattr``: ACPO with ``acpo.advantage.alpha=0`` (curriculum, stages and confidence weights, no attribution).
-- ``acpo``: ACPO as specified.
+- ``grpo``: (a) verl's GRPO estimator (``grpo_cpu_testbed``: single-turn rollouts, no curriculum, uniform token
+  weights); Stage 1 KL-free, Stage 2 adds the K3 (low_var_kl) loss to the merged Stage-1 model, coefficient 0.001 as
+  ACPO's.
+- ``acpo_noattr``: (b) ACPO with ``acpo.advantage.alpha=0`` (curriculum, stages and confidence weights, no credit).
+- ``acpo_spec``: (c) ACPO with the credit as the spec reads it (``acpo.advantage.attr_total=added``; the judge
+  switches are at the spec's reading by default).
+- ``acpo``: (d) ACPO with the defaults (the attributed term redistributed per response, §4.1).
+- ``acpo_oracle``: (e) ACPO whose C comes from the step checker (-1 on the first wrong step, +1 elsewhere) through
+  the same §4 (``acpo.attribution.judge=oracle``): the ceiling any attribution can reach on this testbed.
 
-Each run: Stage 1 -> ``python -m recipe.acpo.merge`` -> Stage 2 (as ``examples/run_acpo_cpu_demo.sh``), with
-held-out accuracy (verl's validation, ``trainer.test_freq``) on a fixed problem set read back by
-:mod:`recipe.acpo.testbed.curve`. A finished run leaves ``OUT/runs/<arm>_seed<seed>.json``; ``--resume`` skips it.
-The summary prints accuracy at start and end (mean ± std over seeds), the first step with a 10-point gain, wall time,
-and for the ACPO arms the attribution's hit rate on wrong responses (is the lowest-C step the one holding the first
-wrong equation?) against chance (1/K), early and late; it writes ``OUT/bench_learning.json`` and
-``OUT/bench_learning.png``.
+Runs are paired by seed: a seed sets the data order (``data.seed``) and every rollout's random stream
+(``actor_rollout_ref.rollout.seed``), so the arms of one seed start from the same first rollouts. Each run:
+Stage 1 -> ``python -m recipe.acpo.merge`` -> Stage 2 (as ``examples/run_acpo_cpu_demo.sh``), held-out accuracy
+(verl's validation, ``trainer.test_freq``; 256 fixed problems x 2 samples at temperature 1) read back by
+:mod:`recipe.acpo.testbed.curve`, the rollouts (verl's ``trainer.rollout_data_dir``) for the share of hasty lines,
+and for the ACPO arms the step dump for the credit's hit rate (``recipe.acpo.testbed.slips``: the lowest-C step and
+the most blamed step against the slip step, against chance 1/K), early (first third of the steps) and late (last
+third). A finished run leaves ``WORK/results/<arm>_seed<seed>.json``; ``--resume`` skips it.
 
-    python benchmarks/bench_learning.py          # all arms, seeds 0-2: about an hour
+The summary prints per arm the accuracy at steps 16, 24, 48 and the end (mean ± standard error over seeds), the first
+step with a 10-point gain, the hasty-line share early and late, the credit's hit rates, and each arm's paired
+difference to (a) (mean ± standard error of the per-seed differences); it writes ``OUT/bench_learning.json`` and
+``OUT/bench_learning.png`` (one curve per arm: the mean and a ± 1 standard error band).
+
+    python benchmarks/bench_learning.py                  # all arms, seeds 0-2
+    python benchmarks/bench_learning.py --arms grpo acpo_oracle --seeds 0 1 2 3 4 --resume
     python benchmarks/bench_learning.py --summary-only
 
 The defaults are the CPU demo's budget (48 Stage-1 and 8 Stage-2 steps of 16 x 8 responses, lr 2e-4).
@@ -34,15 +46,35 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from recipe.acpo.testbed.curve import accuracy_points
-from recipe.acpo.testbed.slips import first_wrong_mark
-from recipe.acpo.testbed.step_check import check_steps
+from recipe.acpo.testbed.slips import credit_hit_rates
 
-ARMS = ("grpo", "acpo_noattr", "acpo")
-ARM_LABELS = {"grpo": "(a) verl GRPO", "acpo_noattr": "(b) ACPO alpha=0", "acpo": "(c) ACPO"}
+ARMS = ("grpo", "acpo_noattr", "acpo_spec", "acpo", "acpo_oracle")
+ARM_LABELS = {
+    "grpo": "(a) verl GRPO",
+    "acpo_noattr": "(b) ACPO alpha=0",
+    "acpo_spec": "(c) ACPO, spec credit",
+    "acpo": "(d) ACPO, defaults",
+    "acpo_oracle": "(e) ACPO, oracle credit",
+}
+# What defines each ACPO arm, on top of the shared overrides (the GRPO arm runs another config).
+ARM_OVERRIDES = {
+    "acpo_noattr": ("acpo.advantage.alpha=0",),
+    "acpo_spec": ("acpo.advantage.attr_total=added",),
+    "acpo": (),
+    "acpo_oracle": ("acpo.attribution.judge=oracle",),
+}
+ARM_COLORS = {
+    "grpo": "tab:blue",
+    "acpo_noattr": "tab:orange",
+    "acpo_spec": "tab:purple",
+    "acpo": "tab:green",
+    "acpo_oracle": "tab:red",
+}
+REPORT_STEPS = (16, 24, 48)
 GAIN_POINTS = 10.0
 GRPO_STAGE2_KL = (
     "actor_rollout_ref.actor.use_kl_loss=True",
@@ -54,12 +86,14 @@ GRPO_STAGE2_KL = (
 # --- analysis (pure) ---------------------------------------------------------------------------------------------
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation of the values that are numbers (0 for one; NaN, NaN for none)."""
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
+def mean_se(values: Sequence[float | None]) -> tuple[float, float]:
+    """Mean and standard error (sample std / sqrt(n)) of the values that are numbers (SE 0 for one; NaN for none)."""
+    numbers = [v for v in values if v is not None and not math.isnan(v)]
+    if not numbers:
         return float("nan"), float("nan")
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    if len(numbers) == 1:
+        return numbers[0], 0.0
+    return statistics.fmean(numbers), statistics.stdev(numbers) / math.sqrt(len(numbers))
 
 
 def first_gain_step(points: Sequence[tuple[int, float]], gain: float = GAIN_POINTS / 100) -> int | None:
@@ -70,49 +104,28 @@ def first_gain_step(points: Sequence[tuple[int, float]], gain: float = GAIN_POIN
     return next((step for step, acc in points if acc >= start + gain - 1e-12), None)
 
 
-def hit_stats(records: Iterable[dict]) -> dict:
-    """Over wrong responses with an identified slip (``recipe.acpo.testbed.slips``): how often the lowest-C step
-    (``hit_rate``) and the most blamed step (``most_blamed_hit_rate``) are the slip step, against chance (1/K)."""
-    hits = blame_hits = total = 0
-    chance = 0.0
-    a_attr_on_slip: list[float] = []
-    correct = correct_with_slip = 0
-    for record in records:
-        steps = record.get("steps") or []
-        if record.get("correct"):
-            # A right answer reached through a wrong equation: outcome reward credits the slip too.
-            correct += 1
-            correct_with_slip += check_steps("".join(record.get("tokens") or [])).first_wrong is not None
-            continue
-        if len(steps) < 1:
-            continue
-        mark = first_wrong_mark(record)
-        if mark is None:
-            continue
-        k = mark["step"]
-        contributions = [step["C"] for step in steps]
-        lowest = min(range(len(steps)), key=lambda i: contributions[i])
-        hits += int(lowest == k)
-        blame_hits += int(mark["blame_hit"])
-        total += 1
-        chance += 1.0 / len(steps)
-        if steps[k].get("a_attr") is not None:
-            a_attr_on_slip.append(float(steps[k]["a_attr"]))
+def accuracy_at(points: Sequence[tuple[int, float]], step: int) -> float | None:
+    """The accuracy validated at ``step`` (the last point at or before it when that step was not validated)."""
+    before = [acc for s, acc in points if s <= step]
+    return before[-1] if before else None
+
+
+def hasty_share_by_phase(rollout_files: Sequence[Path]) -> dict[str, float]:
+    """The share of hasty lines among the equation lines of the training rollouts (verl's ``rollout_data_dir``
+    JSONL, one file a step, in training order): in the first third of the steps, the last third, and all."""
+    from recipe.acpo.testbed.demonstrations import hasty_line_share
+
+    outputs = [[str(row.get("output", "")) for row in read_jsonl(f)] for f in rollout_files]
+    third = max(1, len(outputs) // 3)
     return {
-        "responses": total,
-        "hit_rate": hits / total if total else float("nan"),
-        "most_blamed_hit_rate": blame_hits / total if total else float("nan"),
-        "chance": chance / total if total else float("nan"),
-        "a_attr_on_slip_mean": statistics.fmean(a_attr_on_slip) if a_attr_on_slip else float("nan"),
-        "a_attr_on_slip_negative_frac": (
-            sum(v < 0 for v in a_attr_on_slip) / len(a_attr_on_slip) if a_attr_on_slip else float("nan")
-        ),
-        "correct_responses": correct,
-        "correct_with_wrong_step_frac": correct_with_slip / correct if correct else float("nan"),
+        "early": hasty_line_share([o for step in outputs[:third] for o in step]),
+        "late": hasty_line_share([o for step in outputs[-third:] for o in step]),
+        "all": hasty_line_share([o for step in outputs for o in step]),
     }
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a JSONL file; a line that is not JSON (a write cut short by a killed run) is skipped."""
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
@@ -127,50 +140,81 @@ def dump_hit_rates(dump_files: Sequence[Path]) -> dict:
     third = max(1, len(dump_files) // 3)
     early = [r for f in dump_files[:third] for r in read_jsonl(f)]
     late = [r for f in dump_files[-third:] for r in read_jsonl(f)]
-    return {"dumped_steps": len(dump_files), "early": hit_stats(early), "late": hit_stats(late)}
+    return {"dumped_steps": len(dump_files), "early": credit_hit_rates(early), "late": credit_hit_rates(late)}
+
+
+def _end_accuracy(run: dict) -> float | None:
+    return run["points"][-1][1] if run["points"] else None
 
 
 def summarize(runs: Sequence[dict]) -> dict:
-    """Per arm: accuracy at start/end (mean, std over seeds), first 10-point gain steps, wall time, hit rates."""
+    """Per arm: accuracy at REPORT_STEPS and the end, first 10-point gain steps, hasty-line share, credit hit rates
+    (each mean ± standard error over seeds), wall time, and the paired difference to the GRPO arm."""
     summary: dict = {}
+    grpo = {r["seed"]: r for r in runs if r["arm"] == "grpo"}
     for arm in ARMS:
         arm_runs = sorted((r for r in runs if r["arm"] == arm), key=lambda r: r["seed"])
         if not arm_runs:
             continue
-        starts = [r["points"][0][1] for r in arm_runs if r["points"]]
-        ends = [r["points"][-1][1] for r in arm_runs if r["points"]]
-        entry = {
+        entry: dict = {
             "seeds": [r["seed"] for r in arm_runs],
-            "acc_start": mean_std(starts),
-            "acc_end": mean_std(ends),
+            "acc_start": mean_se([r["points"][0][1] if r["points"] else None for r in arm_runs]),
+            "acc_end": mean_se([_end_accuracy(r) for r in arm_runs]),
+            "acc_at": {str(s): mean_se([accuracy_at(r["points"], s) for r in arm_runs]) for s in REPORT_STEPS},
             "first_gain_steps": [first_gain_step(r["points"]) for r in arm_runs],
             "wall_s": [r["wall_s"] for r in arm_runs],
         }
+        hasty = [r["hasty_share"] for r in arm_runs if r.get("hasty_share")]
+        for phase in ("early", "late"):
+            if hasty:
+                entry[f"hasty_{phase}"] = mean_se([h[phase] for h in hasty])
         hits = [r["hit_rates"] for r in arm_runs if r.get("hit_rates")]
         for phase in ("early", "late"):
             if hits:
-                entry[f"hit_{phase}"] = mean_std([h[phase]["hit_rate"] for h in hits])
-                entry[f"blamed_{phase}"] = mean_std([h[phase].get("most_blamed_hit_rate", math.nan) for h in hits])
-                entry[f"chance_{phase}"] = mean_std([h[phase]["chance"] for h in hits])
-                entry[f"a_attr_slip_{phase}"] = mean_std([h[phase]["a_attr_on_slip_mean"] for h in hits])
-                entry[f"lucky_{phase}"] = mean_std(
+                entry[f"hit_{phase}"] = mean_se([h[phase]["hit_rate"] for h in hits])
+                entry[f"blamed_{phase}"] = mean_se([h[phase].get("most_blamed_hit_rate", math.nan) for h in hits])
+                entry[f"chance_{phase}"] = mean_se([h[phase]["chance"] for h in hits])
+                entry[f"a_attr_slip_{phase}"] = mean_se([h[phase]["a_attr_on_slip_mean"] for h in hits])
+                entry[f"lucky_{phase}"] = mean_se(
                     [h[phase].get("correct_with_wrong_step_frac", float("nan")) for h in hits]
                 )
+        paired = [r for r in arm_runs if r["seed"] in grpo]
+        if arm != "grpo" and paired:
+            entry["paired_seeds"] = [r["seed"] for r in paired]
+            entry["diff_end"] = mean_se([_diff(_end_accuracy(r), _end_accuracy(grpo[r["seed"]])) for r in paired])
+            entry["diff_at"] = {
+                str(s): mean_se(
+                    [_diff(accuracy_at(r["points"], s), accuracy_at(grpo[r["seed"]]["points"], s)) for r in paired]
+                )
+                for s in REPORT_STEPS
+            }
         summary[arm] = entry
     return summary
 
 
-def _pm(pair: Sequence[float], scale: float = 100.0) -> str:
-    return f"{scale * pair[0]:5.1f} ± {scale * pair[1]:4.1f}"
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _pm(pair: Sequence[float], scale: float = 100.0, signed: bool = False) -> str:
+    if math.isnan(pair[0]):
+        return "-"
+    return f"{scale * pair[0]:{'+' if signed else ''}5.1f} ± {scale * pair[1]:4.1f}"
 
 
 def format_table(summary: dict) -> str:
-    """The side-by-side table the benchmark prints."""
+    """The side-by-side table the benchmark prints (percent; ± one standard error over seeds)."""
     arms = [a for a in ARMS if a in summary]
     rows = [("", [ARM_LABELS[a] for a in arms])]
     rows.append(("seeds", [" ".join(map(str, summary[a]["seeds"])) for a in arms]))
     rows.append(("acc start (%)", [_pm(summary[a]["acc_start"]) for a in arms]))
+    for step in REPORT_STEPS:
+        rows.append((f"acc step {step} (%)", [_pm(summary[a]["acc_at"][str(step)]) for a in arms]))
     rows.append(("acc end (%)", [_pm(summary[a]["acc_end"]) for a in arms]))
+    rows.append(("end - (a), paired (pts)", [_pm(summary[a].get("diff_end", (math.nan,)), signed=True) for a in arms]))
+    for step in REPORT_STEPS:
+        cells = [_pm(summary[a].get("diff_at", {}).get(str(step), (math.nan,)), signed=True) for a in arms]
+        rows.append((f"step {step} - (a), paired", cells))
     rows.append(
         (
             f"first +{GAIN_POINTS:.0f} pts step",
@@ -179,14 +223,14 @@ def format_table(summary: dict) -> str:
     )
     rows.append(("wall s / run", [" ".join(f"{w:.0f}" for w in summary[a]["wall_s"]) for a in arms]))
     for phase in ("early", "late"):
-        cells = []
-        for a in arms:
-            entry = summary[a]
-            cells.append(
-                f"{_pm(entry[f'hit_{phase}'])} vs {100 * entry[f'chance_{phase}'][0]:.1f}"
-                if f"hit_{phase}" in entry
-                else "-"
-            )
+        rows.append((f"hasty lines {phase} (%)", [_pm(summary[a].get(f"hasty_{phase}", (math.nan,))) for a in arms]))
+    for phase in ("early", "late"):
+        cells = [
+            f"{_pm(summary[a][f'hit_{phase}'])} vs {100 * summary[a][f'chance_{phase}'][0]:.1f}"
+            if f"hit_{phase}" in summary[a]
+            else "-"
+            for a in arms
+        ]
         rows.append((f"lowest-C hit {phase} (%)", cells))
     for phase in ("early", "late"):
         cells = [_pm(summary[a][f"blamed_{phase}"]) if f"blamed_{phase}" in summary[a] else "-" for a in arms]
@@ -199,48 +243,40 @@ def format_table(summary: dict) -> str:
             for a in arms
         ]
         rows.append((f"A_attr on slip {phase}", cells))
-    for phase in ("early", "late"):
-        cells = [_pm(summary[a][f"lucky_{phase}"]) if f"lucky_{phase}" in summary[a] else "-" for a in arms]
-        rows.append((f"right w/ wrong step {phase} (%)", cells))
     width = max(len(c) for _, cells in rows for c in cells) + 2
-    return "\n".join(f"{label:<30}" + "".join(f"{c:>{width}}" for c in cells) for label, cells in rows)
+    return "\n".join(f"{label:<28}" + "".join(f"{c:>{width}}" for c in cells) for label, cells in rows)
 
 
 def plot(runs: Sequence[dict], out: Path, stage1_steps: int | None = None) -> Path:
-    """Accuracy against step: one thin line per run, the seed mean thick, one colour per arm."""
+    """Accuracy against step: per arm the mean over seeds and a ± 1 standard error band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"grpo": "tab:blue", "acpo_noattr": "tab:orange", "acpo": "tab:green"}
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    figure, axes = plt.subplots(figsize=(8, 5))
     for arm in ARMS:
         arm_runs = [r for r in runs if r["arm"] == arm and r["points"]]
-        for r in arm_runs:
-            steps, accs = zip(*r["points"])
-            axes.plot(steps, [100 * a for a in accs], color=colors[arm], alpha=0.3, linewidth=1)
         by_step: dict[int, list[float]] = {}
         for r in arm_runs:
             for step, acc in r["points"]:
                 by_step.setdefault(step, []).append(acc)
-        if by_step:
-            steps = sorted(by_step)
-            axes.plot(
-                steps,
-                [100 * statistics.fmean(by_step[s]) for s in steps],
-                color=colors[arm],
-                linewidth=2.5,
-                marker="o",
-                label=f"{ARM_LABELS[arm]} (mean of {len(arm_runs)})",
-            )
+        if not by_step:
+            continue
+        steps = sorted(by_step)
+        means, errors = zip(*(mean_se(by_step[s]) for s in steps))
+        mean = [100 * m for m in means]
+        axes.plot(steps, mean, color=ARM_COLORS[arm], linewidth=2, marker="o", markersize=3,
+                  label=f"{ARM_LABELS[arm]} ({len(arm_runs)} seeds)")  # fmt: skip
+        axes.fill_between(steps, [m - 100 * e for m, e in zip(mean, errors)],
+                          [m + 100 * e for m, e in zip(mean, errors)], color=ARM_COLORS[arm], alpha=0.15)  # fmt: skip
     if stage1_steps:
         axes.axvline(stage1_steps, color="grey", linestyle=":", label="Stage 1 | Stage 2")
     axes.set_xlabel("training step")
-    axes.set_ylabel("held-out accuracy (%)")
+    axes.set_ylabel("held-out accuracy (%), mean ± 1 s.e. over seeds")
     axes.set_title("CPU testbed: held-out accuracy against step")
     axes.grid(alpha=0.3)
-    axes.legend()
+    axes.legend(fontsize=8)
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=100)
@@ -291,6 +327,7 @@ def stage_command(arm: str, stage: int, model: Path, run_dir: Path, steps: int, 
         f"data.val_files={val}",
         f"data.train_batch_size={args.batch_size}",
         f"data.seed={seed}",
+        f"actor_rollout_ref.rollout.seed={seed}",
         f"actor_rollout_ref.rollout.n={args.rollout_n}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={args.batch_size}",
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}",
@@ -308,6 +345,7 @@ def stage_command(arm: str, stage: int, model: Path, run_dir: Path, steps: int, 
         "trainer.project_name=bench_learning",
         f"trainer.experiment_name={arm}_seed{seed}_stage{stage}",
         "trainer.logger=[console,file]",
+        f"trainer.rollout_data_dir={run_dir}/stage{stage}/rollouts",
         f"ray_kwargs.ray_init._temp_dir={ray_tmp}",
         f"hydra.run.dir={run_dir}/stage{stage}/hydra",
     ]
@@ -317,8 +355,7 @@ def stage_command(arm: str, stage: int, model: Path, run_dir: Path, steps: int, 
             overrides += list(GRPO_STAGE2_KL)
     else:
         overrides += ["acpo.dump.enable=true", "acpo.dump.every_n_steps=1", f"acpo.dump.max_responses={micro}"]
-        if arm == "acpo_noattr":
-            overrides.append("acpo.advantage.alpha=0")
+        overrides += ARM_OVERRIDES[arm]
     return [sys.executable, "-m", "recipe.acpo.main_acpo", "--config-name", config, *overrides]
 
 
@@ -327,6 +364,24 @@ def run_dumps(run_dir: Path) -> list[Path]:
     return [
         f for stage in (1, 2) for f in sorted((run_dir / f"stage{stage}" / "checkpoints" / "acpo_dump").glob("*.jsonl"))
     ]
+
+
+def run_rollouts(run_dir: Path) -> list[Path]:
+    """A run's training rollouts (verl's ``rollout_data_dir``, ``<step>.jsonl``) in training order."""
+    return [
+        f
+        for stage in (1, 2)
+        for f in sorted((run_dir / f"stage{stage}" / "rollouts").glob("*.jsonl"), key=lambda f: int(f.stem))
+    ]
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """The seeds, refused unless they are distinct non-negative integers (before any run starts)."""
+    if not seeds:
+        raise ValueError("--seeds: give at least one seed")
+    if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise ValueError(f"--seeds must be distinct non-negative integers, got {list(seeds)}")
+    return list(seeds)
 
 
 def run_one(arm: str, seed: int, work: Path, policy: Path, train: Path, val: Path, args, start: float) -> dict:
@@ -360,13 +415,14 @@ def run_one(arm: str, seed: int, work: Path, policy: Path, train: Path, val: Pat
                 env,
             )
     points = accuracy_points(metrics).get("arithmetic_steps", [])
-    dumps = run_dumps(run_dir)
+    dumps, rollouts = run_dumps(run_dir), run_rollouts(run_dir)
     result = {
         "arm": arm,
         "seed": seed,
         "points": points,
         "wall_s": time.time() - began,
         "hit_rates": dump_hit_rates(dumps) if dumps else None,
+        "hasty_share": hasty_share_by_phase(rollouts) if rollouts else None,
     }
     # The checkpoints are large next to the results; the merged Stage-1 model and the dumps stay.
     for stage in (1, 2):
@@ -381,24 +437,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--out", type=Path, default=Path("docs/learning/current_policy/demo_budget"), help="where the JSON and PNG go"
-    )
+    parser.add_argument("--out", type=Path, default=Path("docs/learning/arms"), help="where the JSON and PNG go")
     parser.add_argument("--work", type=Path, default=Path("outputs/bench_learning"), help="runs, models, data, logs")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--stage1-steps", type=int, default=48)
     parser.add_argument("--stage2-steps", type=int, default=8)
-    parser.add_argument("--test-freq", type=int, default=4, help="validate every N steps (and at each stage's end)")
+    parser.add_argument("--test-freq", type=int, default=8, help="validate every N steps (and at each stage's end)")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per step")
     parser.add_argument("--rollout-n", type=int, default=8, help="responses per prompt")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--train-size", type=int, default=1024)
-    parser.add_argument("--val-size", type=int, default=128, help="fixed held-out problems")
-    parser.add_argument("--val-n", type=int, default=1, help="samples per held-out problem (temperature 1.0)")
+    parser.add_argument("--val-size", type=int, default=256, help="fixed held-out problems")
+    parser.add_argument("--val-n", type=int, default=2, help="samples per held-out problem (temperature 1.0)")
     parser.add_argument("--resume", action="store_true", help="skip runs whose results file exists")
     parser.add_argument("--summary-only", action="store_true", help="only summarise the finished runs")
     args = parser.parse_args(argv)
+    try:
+        args.seeds = check_seeds(args.seeds)
+    except ValueError as err:
+        parser.error(str(err))
+    if len(set(args.arms)) != len(args.arms):
+        parser.error(f"--arms: each arm once, got {args.arms}")
 
     start = time.time()
     work = args.work.resolve()
@@ -420,9 +480,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*_seed*.json"))]
     runs = [r for r in runs if r["arm"] in args.arms and r["seed"] in args.seeds]
     for r in runs:  # the analysis may be newer than the run: recount from the dumps that are still there
-        dumps = run_dumps(work / "runs" / f"{r['arm']}_seed{r['seed']}")
-        if dumps:
+        run_dir = work / "runs" / f"{r['arm']}_seed{r['seed']}"
+        if dumps := run_dumps(run_dir):
             r["hit_rates"] = dump_hit_rates(dumps)
+        if rollouts := run_rollouts(run_dir):
+            r["hasty_share"] = hasty_share_by_phase(rollouts)
     if not runs:
         print("no finished runs")
         return

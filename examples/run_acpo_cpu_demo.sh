@@ -264,6 +264,23 @@ print(
     f"{100 * mean(all_rows, 'acpo/helpful_frac'):.1f}%, attribution scored "
     f"{mean(all_rows, 'acpo/attr_tokens_ratio'):.2f} tokens per response token."
 )
+if demo_model == "testbed":
+    from recipe.acpo.report.load import find_dump_dir, read_dump
+    from recipe.acpo.testbed.slips import credit_hit_rates
+
+    records = []
+    for stage in ("stage1", "stage2"):
+        dump_dir = find_dump_dir(demo_dir / stage)
+        records += read_dump(dump_dir).records if dump_dir is not None else []
+    credit = credit_hit_rates(records)
+    if credit["responses"]:
+        print(
+            f"\nStep credit on the run's {credit['responses']} dumped wrong responses whose slip the step checker finds"
+            f" (recipe/acpo/testbed/slips.py): the most blamed step (most negative A_attr) is the slip step in"
+            f" {100 * credit['most_blamed_hit_rate']:.1f}%, the lowest-C step in {100 * credit['hit_rate']:.1f}%,"
+            f" against {100 * credit['chance']:.1f}% by chance (1/K); mean A_attr on the slip step"
+            f" {credit['a_attr_on_slip_mean']:+.3f}."
+        )
 print(f"\nWall time: {wall_s // 60} min {wall_s % 60} s")
 print(f"Logs:        {logs}/*.log (every command's output), {logs}/stage*_metrics.jsonl (every step's metrics)")
 print(f"Checkpoints: {demo_dir}/stage1/checkpoints, {demo_dir}/stage2/checkpoints (verl FSDP)")

@@ -31,14 +31,16 @@ def _record(lines: list[str], contributions: list[float], correct: bool = False,
 WRONG_SECOND = ["First, 3 + 4 = 7.\n", "Then, 7 * 2 = 15.\n", "Then, 15 - 1 = 14.\n", "Answer: 14"]
 
 
-def test_mean_std_and_first_gain_step() -> None:
-    assert bench.mean_std([0.2, 0.4]) == pytest.approx((0.3, math.sqrt(0.02)))
-    assert bench.mean_std([0.5]) == (0.5, 0.0)
-    assert all(math.isnan(v) for v in bench.mean_std([]))
+def test_mean_se_first_gain_step_and_accuracy_at_a_step() -> None:
+    assert bench.mean_se([0.2, 0.4]) == pytest.approx((0.3, math.sqrt(0.02) / math.sqrt(2)))
+    assert bench.mean_se([0.5, None, math.nan]) == (0.5, 0.0)
+    assert all(math.isnan(v) for v in bench.mean_se([]))
     points = [(0, 0.30), (3, 0.35), (6, 0.40), (9, 0.45)]
     assert bench.first_gain_step(points) == 6
     assert bench.first_gain_step([(0, 0.3), (3, 0.39)]) is None
     assert bench.first_gain_step([]) is None
+    assert bench.accuracy_at(points, 6) == 0.40 and bench.accuracy_at(points, 7) == 0.40
+    assert bench.accuracy_at(points, 100) == 0.45 and bench.accuracy_at([(8, 0.5)], 4) is None
 
 
 def test_the_slip_step_of_a_record_without_boundaries_comes_from_its_steps() -> None:
@@ -49,13 +51,15 @@ def test_the_slip_step_of_a_record_without_boundaries_comes_from_its_steps() -> 
     assert first_wrong_mark(_record(right, [0.1, 0.1, 0.1])) is None
 
 
-def test_hit_stats_against_chance() -> None:
+def test_credit_hit_rates_against_chance() -> None:
+    from recipe.acpo.testbed.slips import credit_hit_rates
+
     hit = _record(WRONG_SECOND, [0.1, -0.5, 0.0, 0.2], a_attr=[0.0, -0.3, 0.0, 0.0])  # argmin C = step 1 = slip
     miss = _record(WRONG_SECOND, [-0.9, -0.5, 0.0, 0.2], a_attr=[0.0, 0.1, 0.0, 0.0])  # argmin C = step 0
     two_steps = _record(WRONG_SECOND[:2], [0.3, -0.1])  # slip in step 1 of 2, a hit
     correct = _record(["First, 3 + 4 = 7.\n", "Answer: 7"], [0.0, 1.0], correct=True)  # no hit to count
     lucky = _record(["First, 3 + 4 = 8.\n", "Then, 8 - 1 = 6.\n", "Answer: 6"], [0.0, 0.5, 1.0], correct=True)
-    stats = bench.hit_stats([hit, miss, two_steps, correct, lucky])
+    stats = credit_hit_rates([hit, miss, two_steps, correct, lucky])
     assert stats["correct_responses"] == 2
     assert stats["correct_with_wrong_step_frac"] == pytest.approx(1 / 2)
     assert stats["responses"] == 3
@@ -82,41 +86,87 @@ def test_dump_hit_rates_splits_early_and_late(tmp_path: Path) -> None:
 
 
 def _run(arm: str, seed: int, accs: list[float], hit: float | None = None) -> dict:
-    phase = {"responses": 5, "hit_rate": hit, "chance": 0.25, "a_attr_on_slip_mean": -0.1}
+    phase = {"responses": 5, "hit_rate": hit, "most_blamed_hit_rate": hit, "chance": 0.25, "a_attr_on_slip_mean": -0.1}
     return {
         "arm": arm,
         "seed": seed,
-        "points": [[3 * i, a] for i, a in enumerate(accs)],
+        "points": [[8 * i, a] for i, a in enumerate(accs)],
         "wall_s": 100.0 + seed,
         "hit_rates": {"early": phase, "late": phase} if hit is not None else None,
-        "budget": {"stage1_steps": 6},
+        "hasty_share": {"early": 0.4, "late": 0.1 * (seed + 1), "all": 0.3},
+        "budget": {"stage1_steps": 24},
     }
 
 
-def test_summary_table_json_and_plot(tmp_path: Path, capsys) -> None:
+def test_summary_pairs_seeds_with_grpo_and_writes_table_json_and_plot(tmp_path: Path, capsys) -> None:
     runs = [
-        _run("grpo", 0, [0.3, 0.35, 0.38]),
-        _run("grpo", 1, [0.3, 0.42, 0.44]),
-        _run("acpo", 0, [0.3, 0.45, 0.5], hit=0.5),
-        _run("acpo", 1, [0.3, 0.35, 0.4], hit=0.3),
+        _run("grpo", 0, [0.3, 0.35, 0.38, 0.40]),
+        _run("grpo", 1, [0.3, 0.42, 0.44, 0.46]),
+        _run("acpo", 0, [0.3, 0.45, 0.5, 0.52], hit=0.5),
+        _run("acpo", 1, [0.3, 0.35, 0.4, 0.44], hit=0.3),
+        _run("acpo_oracle", 2, [0.3, 0.5, 0.6, 0.7], hit=1.0),  # no GRPO run of seed 2: nothing to pair with
     ]
     summary = bench.summarize(runs)
-    assert summary["grpo"]["acc_end"] == pytest.approx(bench.mean_std([0.38, 0.44]))
-    assert summary["grpo"]["first_gain_steps"] == [None, 3]
-    assert summary["acpo"]["first_gain_steps"] == [3, 6]
-    assert summary["acpo"]["hit_early"] == pytest.approx((0.4, bench.mean_std([0.5, 0.3])[1]))
+    assert summary["grpo"]["acc_end"] == pytest.approx(bench.mean_se([0.40, 0.46]))
+    assert summary["grpo"]["acc_at"]["16"] == pytest.approx(bench.mean_se([0.38, 0.44]))
+    assert summary["grpo"]["first_gain_steps"] == [24, 8]
+    assert summary["acpo"]["first_gain_steps"] == [8, 16]
+    # Paired by seed: ACPO - GRPO at the end is +0.12 (seed 0) and -0.02 (seed 1).
+    assert summary["acpo"]["diff_end"] == pytest.approx(bench.mean_se([0.12, -0.02]))
+    assert summary["acpo"]["diff_at"]["16"] == pytest.approx(bench.mean_se([0.12, -0.04]))
+    assert "diff_end" not in summary["grpo"] and "diff_end" not in summary["acpo_oracle"]
+    assert summary["acpo"]["hit_early"] == pytest.approx((0.4, bench.mean_se([0.5, 0.3])[1]))
+    assert summary["acpo"]["hasty_late"] == pytest.approx(bench.mean_se([0.1, 0.2]))
     assert "hit_early" not in summary["grpo"]
     table = bench.format_table(summary)
-    assert "(a) verl GRPO" in table and "(c) ACPO" in table and "(b)" not in table
-    assert " 41.0 ±" in table  # grpo end accuracy, percent
+    assert "(a) verl GRPO" in table and "(d) ACPO, defaults" in table and "(b)" not in table
+    assert " 43.0 ±" in table  # grpo end accuracy, percent
+    assert "+5.0 ±" in table  # ACPO's paired difference at the end, points
 
     results = tmp_path / "work" / "results"
     results.mkdir(parents=True)
     for r in runs:
         (results / f"{r['arm']}_seed{r['seed']}.json").write_text(json.dumps(r))
     out = tmp_path / "out"
-    bench.main(["--work", str(tmp_path / "work"), "--out", str(out), "--summary-only"])
+    bench.main(["--work", str(tmp_path / "work"), "--out", str(out), "--summary-only", "--seeds", "0", "1", "2"])
     report = json.loads((out / "bench_learning.json").read_text())
-    assert set(report["summary"]) == {"grpo", "acpo"} and len(report["runs"]) == 4
+    assert set(report["summary"]) == {"grpo", "acpo", "acpo_oracle"} and len(report["runs"]) == 5
     assert (out / "bench_learning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "(c) ACPO" in capsys.readouterr().out
+    assert "(e) ACPO, oracle credit" in capsys.readouterr().out
+
+
+def test_hasty_share_comes_from_verls_rollout_files_in_training_order(tmp_path: Path) -> None:
+    files = []
+    for step, output in enumerate(["Quick, 3 + 4 ~ 7.\nAnswer: 7", "First, 3 + 4 = 7.\nAnswer: 7"] * 3, start=1):
+        path = tmp_path / f"{step}.jsonl"
+        path.write_text(json.dumps({"input": "q", "output": output, "score": 1.0, "step": step}) + "\n{broken\n")
+        files.append(path)
+    shares = bench.hasty_share_by_phase(files)
+    assert shares == {"early": 0.5, "late": 0.5, "all": 0.5}
+    assert bench.hasty_share_by_phase(files[:1])["early"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "argv", [["--arms", "grpo", "ppo"], ["--seeds", "0", "0"], ["--seeds", "-1"], ["--seeds", "x"]]
+)
+def test_an_unknown_arm_or_a_bad_seed_list_is_refused_before_any_run(tmp_path: Path, argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--work", str(tmp_path / "work"), *argv])
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "work" / "runs").exists()
+
+
+def test_each_arm_differs_from_the_shared_command_only_by_what_defines_it(tmp_path: Path) -> None:
+    args = bench.argparse.Namespace(batch_size=16, rollout_n=8, lr=2e-4, val_n=2, test_freq=8)
+    common = (Path("m"), tmp_path, 48, 3, Path("t.parquet"), Path("v.parquet"), args, "/tmp/r")
+
+    def overrides(arm: str) -> set[str]:  # the run's name says the arm; the rest must not
+        return {o for o in bench.stage_command(arm, 1, *common) if not o.startswith("trainer.experiment_name=")}
+
+    base = overrides("acpo")
+    assert "actor_rollout_ref.rollout.seed=3" in base and "data.seed=3" in base
+    assert any(o.startswith("trainer.rollout_data_dir=") for o in base)
+    for arm, defining in bench.ARM_OVERRIDES.items():
+        assert overrides(arm) - base == set(defining) and base - overrides(arm) == set()
+    grpo = bench.stage_command("grpo", 1, *common)
+    assert "grpo_cpu_testbed" in grpo and "actor_rollout_ref.rollout.seed=3" in grpo

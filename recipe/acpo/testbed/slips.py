@@ -18,7 +18,8 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+import statistics
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from recipe.acpo.testbed.step_check import check_steps
 __all__ = [
     "TESTBED_DATA_SOURCES",
     "annotate_first_wrong",
+    "credit_hit_rates",
     "first_wrong_mark",
     "first_wrong_token_span",
     "first_wrong_tokens",
@@ -154,3 +156,46 @@ def annotate_first_wrong(records: list[dict[str, Any]], checker: StepChecker = c
             record["first_wrong"] = mark
             marked += 1
     return marked
+
+
+def credit_hit_rates(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Over the wrong responses of dumped records (``recipe.acpo.step_dump``) with a slip step: how often the lowest-C
+    step (``hit_rate``) and the most blamed step (``most_blamed_hit_rate``) are the slip step, against chance (the
+    mean of 1/K); the mean A_attr on the slip step; and the share of right responses reached through a wrong equation
+    (outcome reward credits their slip too)."""
+    hits = blame_hits = total = 0
+    chance = 0.0
+    a_attr_on_slip: list[float] = []
+    correct = correct_with_slip = 0
+    for record in records:
+        steps = record.get("steps") or []
+        if record.get("correct"):
+            correct += 1
+            correct_with_slip += check_steps("".join(record.get("tokens") or [])).first_wrong is not None
+            continue
+        if len(steps) < 1:
+            continue
+        mark = first_wrong_mark(record)
+        if mark is None:
+            continue
+        k = mark["step"]
+        contributions = [step["C"] for step in steps]
+        lowest = min(range(len(steps)), key=lambda i: contributions[i])
+        hits += int(lowest == k)
+        blame_hits += int(mark["blame_hit"])
+        total += 1
+        chance += 1.0 / len(steps)
+        if steps[k].get("a_attr") is not None:
+            a_attr_on_slip.append(float(steps[k]["a_attr"]))
+    return {
+        "responses": total,
+        "hit_rate": hits / total if total else float("nan"),
+        "most_blamed_hit_rate": blame_hits / total if total else float("nan"),
+        "chance": chance / total if total else float("nan"),
+        "a_attr_on_slip_mean": statistics.fmean(a_attr_on_slip) if a_attr_on_slip else float("nan"),
+        "a_attr_on_slip_negative_frac": (
+            sum(v < 0 for v in a_attr_on_slip) / len(a_attr_on_slip) if a_attr_on_slip else float("nan")
+        ),
+        "correct_responses": correct,
+        "correct_with_wrong_step_frac": correct_with_slip / correct if correct else float("nan"),
+    }
