@@ -14,7 +14,9 @@ The parts they share:
 - :mod:`recipe.acpo.validation.tagging_reward_manager`: that wrapper, run by verl: the run's own reward manager, plus
   the fields each tool needs (the benchmark, the row number) copied into every sample's dumped reward information;
 - :mod:`recipe.acpo.validation.generations`: what verl dumped, read back (one strict reader), and the one
-  correctness rule (a sample's ``acc``, else its score, in [0, 1]; correct above 0).
+  correctness rule (a sample's ``acc``, else its score, in [0, 1]; correct above 0);
+- :mod:`recipe.acpo.validation.runner`: one runner for the child processes (the shell line printed, the output on
+  the console and in the tool's log, a failure naming the log, Ctrl-C forwarded so that verl shuts Ray down).
 
 The evaluation's own parts: :mod:`recipe.acpo.validation.acc_at_k` (the benchmark files and the results table),
 :mod:`recipe.acpo.validation.eval_plan` (the model located, the merge and validation commands built) and

@@ -29,14 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from recipe.acpo.checkpoints import find_verl_actor_checkpoint, is_hf_model_folder
@@ -56,6 +52,7 @@ from recipe.acpo.validation.eval_plan import (
     sampling_settings,
 )
 from recipe.acpo.validation.generations import read_generations
+from recipe.acpo.validation.runner import run_logged, shell_line
 
 # Public names of the tool, importable from here as before its parts were split out.
 __all__ = [
@@ -77,34 +74,6 @@ DEFAULT_MAX_PROMPT_LENGTH = 1024
 DEFAULT_MAX_RESPONSE_LENGTH = 3072
 
 
-def _shell_line(command: Sequence[str]) -> str:
-    return "+ " + " ".join(shlex.quote(part) for part in command)
-
-
-def _run_streaming(command: Sequence[str], env: dict[str, str], log_file: Path, what: str) -> None:
-    """Run ``command``, echoing its output to the console and to ``log_file``; fail naming the log."""
-    print(_shell_line(command), flush=True)
-    with log_file.open("a", encoding="utf-8") as log:
-        log.write(_shell_line(command) + "\n")
-        log.flush()
-        process = subprocess.Popen(
-            list(command), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        )
-        assert process.stdout is not None
-        try:
-            for line in process.stdout:
-                sys.stdout.write(line)
-                log.write(line)
-            returncode = process.wait()
-        except KeyboardInterrupt:
-            # The child shuts its own Ray cluster down on SIGINT: wait for it rather than leave it orphaned.
-            process.send_signal(signal.SIGINT)
-            process.wait()
-            raise
-    if returncode != 0:
-        raise EvaluationError(f"{what} failed with exit status {returncode}; see {log_file}")
-
-
 def evaluate(args: argparse.Namespace) -> EvaluationResult | None:
     """Run the evaluation the parsed command line describes; None for a dry run."""
     work_dir = Path(tempfile.mkdtemp(prefix="acpo_eval_"))
@@ -113,7 +82,7 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult | None:
         if args.dry_run:
             for command in (plan.merge, plan.validate):
                 if command:
-                    print(_shell_line(command))
+                    print(shell_line(command))
             return None
         plan.output_dir.mkdir(parents=True, exist_ok=True)
         # Files of an earlier run in the same folder must never be read as this run's.
@@ -122,10 +91,10 @@ def evaluate(args: argparse.Namespace) -> EvaluationResult | None:
             stale.unlink(missing_ok=True)
         started = time.monotonic()
         if plan.merge:
-            _run_streaming(plan.merge, plan.env, plan.log_file, "merging the verl checkpoint")
+            run_logged(plan.merge, plan.env, plan.log_file, "merging the verl checkpoint")
             if not is_hf_model_folder(plan.model):
                 raise EvaluationError(f"the merge tool wrote no Hugging Face model to {plan.model}")
-        _run_streaming(plan.validate, plan.env, plan.log_file, "verl validation")
+        run_logged(plan.validate, plan.env, plan.log_file, "verl validation")
         expected = {source: n for bench in plan.benchmarks for source, n in bench.problems_per_source.items()}
         generations = read_generations(plan.dump_dir)
         result = compute_table(generations.samples, args.k, expected, where=str(generations.file))

@@ -14,7 +14,8 @@ verl's dump does not say which data row a generation came from, so the pre-pass 
 ``recipe.acpo.validation.tagging_reward_manager``, which echoes that number into the per-sample reward information
 verl dumps (the data side is ``data_prep.pass_rate``). The output is the input, row for row and column for column,
 with ``extra_info.pass_rate`` added (or replaced). A row verl could not sample (e.g. a prompt longer than
-``data.max_prompt_length``, which verl's dataset drops) keeps a null pass rate and is counted in the summary.
+``data.max_prompt_length``, which verl's dataset drops) keeps a null pass rate and is counted in the summary. The
+run's output goes to the console and to ``validation.log`` in the work folder, which a failed run leaves in place.
 
 Example (GPU node; on a CPU add ``--config-name acpo_cpu``)::
 
@@ -25,9 +26,7 @@ Example (GPU node; on a CPU add ``--config-name acpo_cpu``)::
 from __future__ import annotations
 
 import argparse
-import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -57,6 +56,7 @@ from recipe.acpo.validation.generations import (
     sample_accuracy,
     sample_location,
 )
+from recipe.acpo.validation.runner import RunFailedError, run_logged, shell_line
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 3
@@ -166,7 +166,9 @@ def _parser() -> argparse.ArgumentParser:
         "--hard-pass-rate", type=float, default=0.25, help="only for the printed summary: the hard-tier threshold"
     )
     parser.add_argument(
-        "--work-dir", type=Path, help="keep the working copy and verl's dump here (default: a temp dir)"
+        "--work-dir",
+        type=Path,
+        help="keep the working copy, verl's dump and the run's log here (default: a temp dir, kept if the run fails)",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the validation command and stop")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for recipe.acpo.main_acpo (after '--')")
@@ -182,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="acpo_pass_rate_"))
     work.mkdir(parents=True, exist_ok=True)
+    log_file = work / "validation.log"
+    keep_work = args.work_dir is not None
     # Ray's socket paths must stay under 107 characters: a short private folder of its own.
     ray_dir = Path(tempfile.mkdtemp(prefix="acpo_pr_ray_", dir="/tmp"))
     try:
@@ -191,15 +195,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         dump_dir = work / "generations"
         if dump_dir.exists():
             shutil.rmtree(dump_dir)
+        log_file.unlink(missing_ok=True)
         command = validation_command(
             working_copy, args.model, args.k, args.temperature, dump_dir, ray_dir, args.config_name, args.overrides
         )
-        print("running:", shlex.join(command), flush=True)
         if args.dry_run:
+            print(shell_line(command))
             return 0
-        done = subprocess.run(command, cwd=PROJECT_ROOT, env=entry_point_env(), check=False)
-        if done.returncode != 0:
-            print(f"pass_rate: error: the validation run exited with status {done.returncode}", file=sys.stderr)
+        try:
+            run_logged(command, entry_point_env(), log_file, "the validation run", cwd=PROJECT_ROOT)
+        except RunFailedError as err:
+            keep_work = True  # the log and what verl dumped, for reading after the failure
+            print(f"pass_rate: error: {err}", file=sys.stderr)
             return EXIT_RUN_FAILED
         generations = read_generations(dump_dir)
         rates = pass_rates_from_dump(generations.samples, table.num_rows, where=str(generations.file))
@@ -216,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     finally:
         shutil.rmtree(ray_dir, ignore_errors=True)
-        if args.work_dir is None:
+        if not keep_work:
             shutil.rmtree(work, ignore_errors=True)
 
 
