@@ -10,7 +10,8 @@ score (``trainer.validation_data_dir``). The results table is computed from that
 - Pass@k: the fraction of problems with at least one correct sample (reported alongside).
 
 A sample's accuracy is its ``acc`` field when the scorer reports one (verl's convention), else its score; it must
-lie in [0, 1]. A sample that verl failed to produce counts as wrong, as in verl's own validation metrics.
+lie in [0, 1], and the sample is correct above 0 (the rule the pass-rate pre-pass uses too). A sample that verl failed
+to produce counts as wrong, as in verl's own validation metrics.
 
 ``--model`` is a Hugging Face folder or a verl checkpoint (``global_step_N/actor``, ``global_step_N`` or the
 checkpoint root, whose latest step is used); a checkpoint is first merged into a temporary Hugging Face folder
@@ -20,9 +21,11 @@ The benchmark's ``data_source`` does not reach verl's dump on its own, so the ru
 (``recipe.acpo.validation.tagging_reward_manager``) to add it to each sample's reward extra info; scoring is unchanged.
 
 The parts: ``recipe.acpo.validation.acc_at_k`` (the benchmark files and the table),
-``recipe.acpo.validation.eval_plan`` (the model located, the merge and validation commands),
-``recipe.acpo.validation.command`` (the validation pass shared with the pass-rate pre-pass); this module runs them and
-is the command line, run as ``python -m recipe.acpo.evaluate`` (the path README and ``examples/`` name).
+``recipe.acpo.validation.eval_plan`` (the model located, the merge and validation commands), and what the
+evaluation shares with the pass-rate pre-pass: ``recipe.acpo.validation.command`` (the validation pass),
+``recipe.acpo.validation.runner`` (the steps run and logged) and ``recipe.acpo.validation.generations`` (the dump read
+back, the correctness rule). This module runs them and is the command line, run as ``python -m recipe.acpo.evaluate``
+(the path README and ``examples/`` name).
 """
 
 from __future__ import annotations
