@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.input.is_file():
         print(f"pass_rate: error: {args.input}: no such file", file=sys.stderr)
         return EXIT_BAD_INPUT
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="acpo_pass_rate_"))
+    work = (args.work_dir or Path(tempfile.mkdtemp(prefix="acpo_pass_rate_"))).resolve()  # verl runs from the root
     work.mkdir(parents=True, exist_ok=True)
     log_file = work / "validation.log"
     keep_work = args.work_dir is not None
