@@ -110,6 +110,20 @@ def accuracy_at(points: Sequence[tuple[int, float]], step: int) -> float | None:
     return before[-1] if before else None
 
 
+def median_step_seconds(metrics_files: Sequence[Path]) -> float | None:
+    """The median of verl's ``timing_s/step`` over a run's training steps (its metrics JSONL files)."""
+    from recipe.acpo.testbed.curve import read_rows
+
+    seconds = [
+        float(row["timing_s/step"])
+        for path in metrics_files
+        if path.is_file()
+        for row in read_rows(path)
+        if isinstance(row.get("timing_s/step"), int | float)
+    ]
+    return statistics.median(seconds) if seconds else None
+
+
 def hasty_share_by_phase(rollout_files: Sequence[Path]) -> dict[str, float]:
     """The share of hasty lines among the equation lines of the training rollouts (verl's ``rollout_data_dir``
     JSONL, one file a step, in training order): in the first third of the steps, the last third, and all."""
@@ -163,6 +177,7 @@ def summarize(runs: Sequence[dict]) -> dict:
             "acc_at": {str(s): mean_se([accuracy_at(r["points"], s) for r in arm_runs]) for s in REPORT_STEPS},
             "first_gain_steps": [first_gain_step(r["points"]) for r in arm_runs],
             "wall_s": [r["wall_s"] for r in arm_runs],
+            "step_s": mean_se([r.get("median_step_s") for r in arm_runs]),
         }
         hasty = [r["hasty_share"] for r in arm_runs if r.get("hasty_share")]
         for phase in ("early", "late"):
@@ -181,6 +196,9 @@ def summarize(runs: Sequence[dict]) -> dict:
         paired = [r for r in arm_runs if r["seed"] in grpo]
         if arm != "grpo" and paired:
             entry["paired_seeds"] = [r["seed"] for r in paired]
+            entry["step_s_ratio"] = mean_se(
+                [_ratio(r.get("median_step_s"), grpo[r["seed"]].get("median_step_s")) for r in paired]
+            )
             entry["diff_end"] = mean_se([_diff(_end_accuracy(r), _end_accuracy(grpo[r["seed"]])) for r in paired])
             entry["diff_at"] = {
                 str(s): mean_se(
@@ -194,6 +212,10 @@ def summarize(runs: Sequence[dict]) -> dict:
 
 def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
 
 
 def _pm(pair: Sequence[float], scale: float = 100.0, signed: bool = False) -> str:
@@ -222,6 +244,8 @@ def format_table(summary: dict) -> str:
         )
     )
     rows.append(("wall s / run", [" ".join(f"{w:.0f}" for w in summary[a]["wall_s"]) for a in arms]))
+    rows.append(("median step s", [_pm(summary[a]["step_s"], scale=1.0) for a in arms]))
+    rows.append(("step s / (a)'s, paired", [_pm(summary[a].get("step_s_ratio", (math.nan,)), 1.0) for a in arms]))
     for phase in ("early", "late"):
         rows.append((f"hasty lines {phase} (%)", [_pm(summary[a].get(f"hasty_{phase}", (math.nan,))) for a in arms]))
     for phase in ("early", "late"):
@@ -423,6 +447,7 @@ def run_one(arm: str, seed: int, work: Path, policy: Path, train: Path, val: Pat
         "wall_s": time.time() - began,
         "hit_rates": dump_hit_rates(dumps) if dumps else None,
         "hasty_share": hasty_share_by_phase(rollouts) if rollouts else None,
+        "median_step_s": median_step_seconds(metrics),
     }
     # The checkpoints are large next to the results; the merged Stage-1 model and the dumps stay.
     for stage in (1, 2):
@@ -485,6 +510,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             r["hit_rates"] = dump_hit_rates(dumps)
         if rollouts := run_rollouts(run_dir):
             r["hasty_share"] = hasty_share_by_phase(rollouts)
+        if (seconds := median_step_seconds([run_dir / f"stage{s}_metrics.jsonl" for s in (1, 2)])) is not None:
+            r["median_step_s"] = seconds
     if not runs:
         print("no finished runs")
         return

@@ -92,6 +92,7 @@ def _run(arm: str, seed: int, accs: list[float], hit: float | None = None) -> di
         "seed": seed,
         "points": [[8 * i, a] for i, a in enumerate(accs)],
         "wall_s": 100.0 + seed,
+        "median_step_s": 4.0 if arm == "grpo" else 5.0 + seed,
         "hit_rates": {"early": phase, "late": phase} if hit is not None else None,
         "hasty_share": {"early": 0.4, "late": 0.1 * (seed + 1), "all": 0.3},
         "budget": {"stage1_steps": 24},
@@ -122,6 +123,7 @@ def test_summary_pairs_seeds_with_grpo_and_writes_table_json_and_plot(tmp_path: 
     assert "(a) verl GRPO" in table and "(d) ACPO, defaults" in table and "(b)" not in table
     assert " 43.0 ±" in table  # grpo end accuracy, percent
     assert "+5.0 ±" in table  # ACPO's paired difference at the end, points
+    assert summary["acpo"]["step_s_ratio"] == pytest.approx(bench.mean_se([5.0 / 4.0, 6.0 / 4.0]))
 
     results = tmp_path / "work" / "results"
     results.mkdir(parents=True)
@@ -133,6 +135,14 @@ def test_summary_pairs_seeds_with_grpo_and_writes_table_json_and_plot(tmp_path: 
     assert set(report["summary"]) == {"grpo", "acpo", "acpo_oracle"} and len(report["runs"]) == 5
     assert (out / "bench_learning.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "(e) ACPO, oracle credit" in capsys.readouterr().out
+
+
+def test_median_step_seconds_reads_verls_step_timing(tmp_path: Path) -> None:
+    metrics = tmp_path / "stage1_metrics.jsonl"
+    rows = [{"step": s, "data": {"training/global_step": s, "timing_s/step": t}} for s, t in enumerate([3, 9, 4], 1)]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows) + json.dumps({"data": {"val": 1}}) + "\n")
+    assert bench.median_step_seconds([metrics, tmp_path / "missing.jsonl"]) == 4.0
+    assert bench.median_step_seconds([tmp_path / "missing.jsonl"]) is None
 
 
 def test_hasty_share_comes_from_verls_rollout_files_in_training_order(tmp_path: Path) -> None:
