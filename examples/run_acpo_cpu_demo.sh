@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # ACPO end to end on a CPU-only machine, from a fresh clone, within 15 minutes on 2 cores (install included):
-#   install what is missing -> build the testbed policy offline (a ~1M-parameter Qwen2 fine-tuned on step-by-step
+#   install what is missing -> build the testbed policy offline (a ~0.57M-parameter Llama fine-tuned on step-by-step
 #   arithmetic, recipe/acpo/testbed) -> generate held-out problems -> Acc@k before -> Stage 1 (KL-free, uniform token
 #   weights, difficulty-aware sampling) -> merge -> Stage 2 (K3 KL to the Stage-1 policy, confidence-weighted tokens)
-#   -> Acc@k after -> accuracy against step (DEMO_DIR/accuracy.png) and a summary of the attribution statistics.
+#   -> Acc@k after -> accuracy against step (DEMO_DIR/accuracy.png), a summary of the attribution statistics and the
+#   step credit's hit rate, and the run's HTML reports.
 #
-# Usage: bash examples/run_acpo_cpu_demo.sh
+# Usage: bash examples/run_acpo_cpu_demo.sh [-h|--help]
 # Everything is set from the environment (defaults in brackets; the sizes' defaults are the testbed's):
 #   DEMO_MODEL   testbed (the learnable CPU testbed), smollm2 (pretrained SmolLM2-135M-Instruct on word problems) or
 #                tiny (random 10M Qwen2, a smoke test of the pipeline) [testbed]
@@ -21,6 +22,14 @@
 #   DEMO_SKIP_INSTALL=1  use the active environment as it is   DEMO_VENV  venv to create if none is active [.venv]
 #   (the install is examples/setup_env.sh, shared with tests/run_tests.sh)
 set -euo pipefail
+
+if [[ $# -gt 0 ]]; then
+    case "$1" in
+        -h | --help) sed -n '2,/^set -euo pipefail$/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) echo "run_acpo_cpu_demo.sh takes no arguments (settings come from the environment), got '$1'; see --help" >&2
+           exit 2 ;;
+    esac
+fi
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DEMO_DIR=${DEMO_DIR:-$REPO/outputs/acpo_cpu_demo}

@@ -1,6 +1,6 @@
 """examples/run_acpo_qwen7b.sh and run_grpo_qwen7b.sh: their dry runs print every command, each training run's Hydra
 configuration composes on CPU with the script's overrides (``main_acpo --cfg job``), the evaluation's composes too,
-and the GRPO baseline matches ACPO's data, model, batch sizes, budget and evaluation."""
+and the GRPO baseline matches ACPO's data, model, batch sizes, budget and evaluation; the CPU demo's ``--help``."""
 
 from __future__ import annotations
 
@@ -263,3 +263,15 @@ def test_the_scripts_evaluation_composes_as_a_validation_only_run(runs: dict[str
     assert config["reward"]["reward_manager"]["name"] == TAGGING_MANAGER_NAME
     assert config["acpo_validation"]["reward_manager"]["name"] == "ACPORewardManager"
     assert config["acpo_validation"]["tags"] == ["data_source"]
+
+
+def test_the_cpu_demo_explains_itself_with_help_and_refuses_an_argument(tmp_path: Path) -> None:
+    env = dict(os.environ, DEMO_DIR=str(tmp_path / "demo"))
+    script = str(REPO / "examples" / "run_acpo_cpu_demo.sh")
+    helped = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=30, env=env)
+    assert helped.returncode == 0
+    assert "DEMO_SEED" in helped.stdout and "Usage: bash examples/run_acpo_cpu_demo.sh" in helped.stdout
+    assert "set -euo" not in helped.stdout and not helped.stdout.startswith("!")
+    refused = subprocess.run(["bash", script, "--seed=3"], capture_output=True, text=True, timeout=30, env=env)
+    assert refused.returncode == 2 and "'--seed=3'" in refused.stderr
+    assert not (tmp_path / "demo").exists()  # nothing installed, nothing written
