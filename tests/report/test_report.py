@@ -172,3 +172,20 @@ def test_the_testbed_step_checker_marks_the_first_wrong_equation_of_a_dumped_res
     mark = record["first_wrong"]
     assert mark["text"] == "5 * 3 = 16"
     assert (mark["token_start"], mark["token_end"], mark["step"], mark["blame_hit"]) == (10, 15, 1, True)
+
+
+def test_the_validation_panel_plots_the_mean_over_samples_not_verls_best_maj_and_std() -> None:
+    panel = next(p for p in PANELS if p.title == "Validation accuracy")
+    keys = {
+        "val-core/arithmetic_steps/acc/mean@2",
+        "val-core/arithmetic_steps/acc/best@2/mean",
+        "val-core/arithmetic_steps/acc/best@2/std",
+        "val-core/arithmetic_steps/acc/maj@2/mean",
+        "val-core/math500/acc/mean@1",
+        "val-aux/arithmetic_steps/reward/mean@2",
+        "critic/score/mean",
+    }
+    assert panel.present_lines(keys) == [
+        ("val-core/arithmetic_steps/acc/mean@2", "arithmetic_steps/acc/mean@2"),
+        ("val-core/math500/acc/mean@1", "math500/acc/mean@1"),
+    ]

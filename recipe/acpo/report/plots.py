@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,24 +19,28 @@ __all__ = ["PANELS", "Panel", "render_panels"]
 
 @dataclass(frozen=True)
 class Panel:
-    """One plot: its title, y label and (metric key, legend label) lines. ``prefixes`` add every key they start."""
+    """One plot: its title, y label and (metric key, legend label) lines. ``pattern`` adds every key it matches in
+    full, labelled by its first group."""
 
     title: str
     ylabel: str
     lines: tuple[tuple[str, str], ...] = ()
-    prefixes: tuple[str, ...] = ()
+    pattern: str | None = None
     stacked_bars: bool = False
 
     def present_lines(self, keys: set[str]) -> list[tuple[str, str]]:
         lines = [(key, label) for key, label in self.lines if key in keys]
-        for prefix in self.prefixes:
-            lines += [(key, key[len(prefix) :] or key) for key in sorted(keys) if key.startswith(prefix)]
+        if self.pattern is not None:
+            matches = (re.fullmatch(self.pattern, key) for key in sorted(keys))
+            lines += [(match.string, match.group(1)) for match in matches if match]
         return lines
 
 
 PANELS: tuple[Panel, ...] = (
     Panel("Reward", "mean outcome score", (("critic/score/mean", "score"), ("critic/rewards/mean", "reward"))),
-    Panel("Validation accuracy", "mean", prefixes=("val-core/",)),
+    # verl's val-core/<data_source>/<metric>/mean@<n>: the mean over all samples; with n > 1 verl adds best@n, maj@n
+    # and their bootstrap std, which would crowd the panel.
+    Panel("Validation accuracy", "mean over samples", pattern=r"val-core/(.+/mean@\d+)"),
     Panel(
         "Entropy",
         "mean token entropy",
@@ -108,7 +113,7 @@ def _figure_png(panel: Panel, metrics: MetricsData, lines: Sequence[tuple[str, s
         formatter.set_scientific(False)
         axes.yaxis.set_major_formatter(formatter)
         axes.grid(alpha=0.3)
-        if len(lines) > 1 or panel.prefixes:
+        if len(lines) > 1 or panel.pattern:
             axes.legend(fontsize=6, loc="best")
         figure.tight_layout()
         buffer = io.BytesIO()
