@@ -31,12 +31,18 @@ difference to (a) (mean ± standard error of the per-seed differences); it write
     python benchmarks/bench_learning.py --arms grpo acpo_oracle --seeds 0 1 2 3 4 --resume
     python benchmarks/bench_learning.py --summary-only
 
-The defaults are the CPU demo's budget (48 Stage-1 and 8 Stage-2 steps of 16 x 8 responses, lr 2e-4).
+The defaults are the CPU demo's budget (48 Stage-1 and 8 Stage-2 steps of 16 x 8 responses, lr 2e-4) on the demo's
+task. The testbed's task options (``--num-ops``, ``--max-value``, ...; ``python -m recipe.acpo.testbed.task --help``)
+build the policy and the data for another task, one task per ``--work`` folder (``WORK/task.json`` records it; a
+folder built for another task is refused)::
+
+    python benchmarks/bench_learning.py --work outputs/bench_learning_4to6 --num-ops 4-6 --arms grpo acpo_oracle
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -49,8 +55,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from data_prep.schema import DataError
 from recipe.acpo.testbed.curve import accuracy_points
 from recipe.acpo.testbed.slips import credit_hit_rates
+from recipe.acpo.testbed.task import TaskSpec, add_task_arguments, task_arguments, task_spec
 
 ARMS = ("grpo", "acpo_noattr", "acpo_spec", "acpo", "acpo_oracle")
 ARM_LABELS = {
@@ -323,18 +331,39 @@ def _run(cmd: list[str], log: Path, env: dict | None = None, timeout: float | No
         raise RuntimeError(f"command failed ({proc.returncode}), see {log}:\n{tail}")
 
 
+def check_task(work: Path, spec: TaskSpec) -> None:
+    """Record in ``WORK/task.json`` the task that WORK's policy and data are built for, and refuse another: runs of two
+    tasks must not share a policy, data or results. A folder from before the record holds the default task."""
+    record = work / "task.json"
+    wanted = json.loads(json.dumps(dataclasses.asdict(spec)))
+    if record.is_file():
+        built = json.loads(record.read_text())
+    elif (work / "policy").exists() or (work / "data").exists():
+        built = json.loads(json.dumps(dataclasses.asdict(TaskSpec())))
+    else:
+        built = wanted
+    if built != wanted:
+        raise ValueError(f"{work} holds a policy and data built for the task {built}, not {wanted}: use another --work")
+    work.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(wanted) + "\n")
+
+
 def prepare(work: Path, args: argparse.Namespace, start: float) -> tuple[Path, Path, Path]:
     policy, data = work / "policy", work / "data"
+    task = task_arguments(args.task)
     if not (policy / "config.json").is_file():
         _log(start, f"building the testbed policy in {policy}")
-        _run([sys.executable, "-m", "recipe.acpo.testbed", "build", str(policy), "--seed", "0"], work / "build.log")
+        _run(
+            [sys.executable, "-m", "recipe.acpo.testbed", "build", str(policy), "--seed", "0", *task],
+            work / "build.log",
+        )
     train, val = data / "arithmetic_steps_train.parquet", data / "arithmetic_steps_val.parquet"
     if not val.is_file():
         _log(start, f"generating {args.train_size} training and {args.val_size} held-out problems in {data}")
         _run(
             [
                 *(sys.executable, "-m", "recipe.acpo.testbed.task", "--output-dir", str(data)),
-                *("--num-train", str(args.train_size), "--num-val", str(args.val_size), "--seed", "0"),
+                *("--num-train", str(args.train_size), "--num-val", str(args.val_size), "--seed", "0", *task),
             ],
             work / "data.log",
         )
@@ -477,10 +506,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--val-n", type=int, default=2, help="samples per held-out problem (temperature 1.0)")
     parser.add_argument("--resume", action="store_true", help="skip runs whose results file exists")
     parser.add_argument("--summary-only", action="store_true", help="only summarise the finished runs")
+    task_options = parser.add_argument_group(
+        "task", "the testbed task the policy is built for and RL trains on (one task per --work folder)"
+    )
+    add_task_arguments(task_options)
     args = parser.parse_args(argv)
     try:
         args.seeds = check_seeds(args.seeds)
-    except ValueError as err:
+        args.task = task_spec(args)
+        check_task(args.work.resolve(), args.task)
+    except (ValueError, DataError) as err:
         parser.error(str(err))
     if len(set(args.arms)) != len(args.arms):
         parser.error(f"--arms: each arm once, got {args.arms}")
@@ -498,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     _log(start, f"{arm} seed {seed}: done before, skipped")
                     continue
                 result = run_one(arm, seed, work, policy, train, val, args, start)
-                result["budget"] = {k: v for k, v in vars(args).items() if k not in ("out", "work")}
+                result["budget"] = {k: v for k, v in vars(args).items() if k not in ("out", "work", "task")}
                 result_path.write_text(json.dumps(result, indent=1))
                 end_acc = 100 * result["points"][-1][1] if result["points"] else float("nan")
                 _log(start, f"{arm} seed {seed}: done in {result['wall_s']:.0f}s, final accuracy {end_acc:.1f}%")

@@ -180,3 +180,19 @@ def test_each_arm_differs_from_the_shared_command_only_by_what_defines_it(tmp_pa
         assert overrides(arm) - base == set(defining) and base - overrides(arm) == set()
     grpo = bench.stage_command("grpo", 1, *common)
     assert "grpo_cpu_testbed" in grpo and "actor_rollout_ref.rollout.seed=3" in grpo
+
+
+def test_a_work_folder_built_for_another_task_is_refused_before_any_run(tmp_path: Path, capsys) -> None:
+    work = tmp_path / "work"
+    bench.main(["--work", str(work), "--num-ops", "4-6", "--summary-only"])
+    assert json.loads((work / "task.json").read_text())["num_ops"] == [4, 6]
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--work", str(work), "--summary-only"])  # the default task: 2-3 operations
+    assert exit_info.value.code == 2
+    assert "built for the task" in capsys.readouterr().err
+    old = tmp_path / "old"  # a folder from before the record holds the default task
+    (old / "policy").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        bench.main(["--work", str(old), "--num-ops", "5", "--summary-only"])
+    bench.main(["--work", str(old), "--summary-only"])
+    assert json.loads((old / "task.json").read_text())["num_ops"] == [2, 3]

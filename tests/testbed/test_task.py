@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pandas as pd
 import pytest
 
 from data_prep.schema import DataError, check_parquet
 from recipe.acpo.testbed.step_check import check_steps
-from recipe.acpo.testbed.task import DATA_SOURCE, TaskSpec, generate, main, pool_of, write_dataset
+from recipe.acpo.testbed.task import (
+    DATA_SOURCE,
+    TaskSpec,
+    add_task_arguments,
+    generate,
+    main,
+    pool_of,
+    task_arguments,
+    task_spec,
+    write_dataset,
+)
 
 
 def test_reference_solutions_pass_the_step_checker_and_end_with_the_answer() -> None:
@@ -79,3 +91,13 @@ def test_the_old_data_prep_command_names_the_new_one() -> None:
     assert "python -m recipe.acpo.testbed.task" in done.stderr
     with pytest.raises(ImportError, match=r"recipe\.acpo\.testbed\.task"):
         import data_prep.arithmetic_steps  # noqa: F401
+
+
+@pytest.mark.parametrize(
+    "spec", [TaskSpec(), TaskSpec(num_ops=(4, 6)), TaskSpec(num_ops=(3, 3), max_value=80, operations=("add", "mul"))]
+)
+def test_task_arguments_give_the_spec_back_through_the_options(spec: TaskSpec) -> None:
+    parser = argparse.ArgumentParser()
+    add_task_arguments(parser)
+    assert task_spec(parser.parse_args(task_arguments(spec))) == spec
+    assert task_spec(parser.parse_args([])) == TaskSpec()

@@ -217,16 +217,16 @@ def write_dataset(
     return train, val
 
 
-def add_task_arguments(parser: argparse.ArgumentParser) -> None:
+def add_task_arguments(parser: argparse._ActionsContainer) -> None:
     """The difficulty knobs as options (shared with ``recipe.acpo.testbed``)."""
     default = TaskSpec()
     parser.add_argument(
         "--num-ops",
         type=parse_num_ops,
-        default=default.num_ops,
+        # A string default goes through ``type`` too, and reads in --help as the user writes it.
+        default=f"{default.num_ops[0]}-{default.num_ops[1]}",
         metavar="N|MIN-MAX",
-        help=f"operations per problem: N, or a range drawn per problem (default {default.num_ops[0]}-"
-        f"{default.num_ops[1]})",
+        help="operations per problem: N, or a range drawn per problem (default %(default)s)",
     )
     parser.add_argument(
         "--max-start", type=int, default=default.max_start, help="largest start value (default %(default)s)"
@@ -250,6 +250,16 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
 def task_spec(args: argparse.Namespace) -> TaskSpec:
     operations = tuple(op.strip() for op in args.operations.split(",") if op.strip())
     return TaskSpec(args.num_ops, args.max_start, args.max_operand, args.max_factor, args.max_value, operations)
+
+
+def task_arguments(spec: TaskSpec) -> list[str]:
+    """The options of :func:`add_task_arguments` that give ``spec`` back (for a tool that runs the testbed's)."""
+    low, high = spec.num_ops
+    return [
+        *("--num-ops", f"{low}-{high}", "--max-start", str(spec.max_start)),
+        *("--max-operand", str(spec.max_operand), "--max-factor", str(spec.max_factor)),
+        *("--max-value", str(spec.max_value), "--operations", ",".join(spec.operations)),
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
