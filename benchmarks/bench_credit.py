@@ -52,6 +52,7 @@ from acpo_core.scoring import score_answer_loglik  # noqa: E402
 from acpo_core.segmentation import VocabTables, segmentation_from_boundaries  # noqa: E402
 from acpo_core.step import ACPOBatch, ACPOStepResult, compute_acpo_step  # noqa: E402
 from recipe.acpo.testbed.slips import most_blamed_step  # noqa: E402
+from recipe.acpo.testbed.task import TaskSpec, add_task_arguments, task_spec  # noqa: E402
 
 TESTBED_CONFIG = ROOT / "recipe/acpo/config/testbed/arithmetic_steps.yaml"
 # The spec's reading of §3-4: every credit switch at the value the spec reads (acpo_core.config's attr_total default
@@ -307,20 +308,27 @@ class MemoScorer:
 
 
 def testbed_batch(
-    policy_dir: Path, num_problems: int, samples: int, seed: int, cfg: ACPOConfig, log: Callable[[str], None] = print
+    policy_dir: Path,
+    num_problems: int,
+    samples: int,
+    seed: int,
+    cfg: ACPOConfig,
+    log: Callable[[str], None] = print,
+    task: TaskSpec | None = None,
 ) -> tuple[dict[str, ACPOBatch], VocabTables, Any, torch.Tensor, dict[str, Any]]:
-    """Sampled testbed responses (:func:`answer_renderings`), their tables, the policy and the first wrong tokens."""
+    """Sampled testbed responses (:func:`answer_renderings`) to held-out problems of ``task`` (the one the policy
+    was built for; default: the demo's), their tables, the policy and the first wrong tokens."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 
     from recipe.acpo.step_dump import token_text_table
     from recipe.acpo.testbed.policy import answer_of
     from recipe.acpo.testbed.slips import first_wrong_tokens
-    from recipe.acpo.testbed.task import TaskSpec, generate
+    from recipe.acpo.testbed.task import generate
 
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32, attn_implementation="sdpa").eval()
-    problems = generate(num_problems, TaskSpec(), seed=seed + 2_000_003, pool="rl")
+    problems = generate(num_problems, task or TaskSpec(), seed=seed + 2_000_003, pool="rl")
     torch.manual_seed(seed)
     chat = [
         tokenizer.apply_chat_template(
@@ -523,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     testbed.add_argument("--seed", type=int, default=0, help="problems and sampling seed (%(default)s)")
     testbed.add_argument("--config", type=Path, default=TESTBED_CONFIG, help="YAML whose acpo: block is used")
     testbed.add_argument("--answer-template", default=None, help="Y's template (default: the config's)")
+    add_task_arguments(testbed.add_argument_group("task", "the task the policy was built for (testbed build)"))
     traces = sub.add_parser("traces", help="score a JSONL of labelled traces with a causal LM")
     traces.add_argument("file", type=Path, help="JSONL rows {question, steps, target, mistake_index}")
     traces.add_argument("--model", default="smollm2", help="a model folder, or smollm2 (offline; default)")
@@ -561,10 +570,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 cfg, attribution=dataclasses.replace(cfg.attribution, answer_template=args.answer_template)
             )
             cfg.validate()
+        task = task_spec(args)
         batches, tables, model, first_wrong, info = testbed_batch(
-            args.policy, args.problems, args.samples, args.seed, cfg
+            args.policy, args.problems, args.samples, args.seed, cfg, task=task
         )
         info |= {"policy": str(args.policy), "seed": args.seed, "answer_template": cfg.attribution.answer_template}
+        if task != TaskSpec():
+            info["task"] = dataclasses.asdict(task)
         results = run_variants(batches, tables, cfg, MemoScorer(model), first_wrong, args.variants)
     else:
         cfg = ACPOConfig.from_dict({"attribution": {"answer_template": args.answer_template}})

@@ -5,6 +5,7 @@ The hit rates themselves come from the benchmark's runs (docs/algorithm.md §3.2
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -100,3 +101,23 @@ def test_dump_mode_refuses_a_folder_without_dump_files(tmp_path: Path) -> None:
     (tmp_path / "step_000001.jsonl").write_text('{"steps": 3}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"step_000001\.jsonl: line 1"):
         bench.main(["dump", str(tmp_path)])
+
+
+def test_testbed_samples_the_held_out_problems_of_the_task_the_policy_was_built_for(tmp_path: Path) -> None:
+    from acpo_core.config import ACPOConfig
+    from recipe.acpo.testbed import PolicySpec, build_policy
+    from recipe.acpo.testbed.task import TaskSpec
+
+    tiny = PolicySpec(hidden_size=32, num_layers=1, num_heads=2, sft_problems=50, sft_steps=2, batch_size=8)
+    build_policy(tmp_path / "policy", seed=0, policy=dataclasses.replace(tiny, eval_problems=2), log=lambda _: None)
+    batches, _, _, _, info = bench.testbed_batch(
+        tmp_path / "policy", 3, 2, 0, ACPOConfig(), log=lambda _: None, task=TaskSpec(num_ops=(5, 5))
+    )
+    assert info["responses"] == 6
+    from transformers import AutoTokenizer
+
+    prompts = AutoTokenizer.from_pretrained(tmp_path / "policy").batch_decode(
+        batches["all"].prompt_ids, skip_special_tokens=True
+    )
+    # "Start at 7, add 3, subtract 2, ...": five operations after the start value.
+    assert all(prompt.split("Step by step: ")[1].count(", ") == 5 for prompt in prompts)
