@@ -24,8 +24,9 @@ third). A finished run leaves ``WORK/results/<arm>_seed<seed>.json``; ``--resume
 
 The summary prints per arm the accuracy at steps 16, 24, 48 and the end (mean ± standard error over seeds), the first
 step with a 10-point gain, the hasty-line share early and late, the credit's hit rates, and each arm's paired
-difference to (a) (mean ± standard error of the per-seed differences); it writes ``OUT/bench_learning.json`` and
-``OUT/bench_learning.png`` (one curve per arm: the mean and a ± 1 standard error band).
+difference to (a) (mean ± standard error of the per-seed differences) and, for the arms with credit, to (b)
+(alpha = 0: everything of ACPO but the credit, so that difference is the credit's own effect); it writes
+``OUT/bench_learning.json`` and ``OUT/bench_learning.png`` (one curve per arm: the mean and a ± 1 standard error band).
 
     python benchmarks/bench_learning.py                  # all arms, seeds 0-2
     python benchmarks/bench_learning.py --arms grpo acpo_oracle --seeds 0 1 2 3 4 --resume
@@ -169,11 +170,27 @@ def _end_accuracy(run: dict) -> float | None:
     return run["points"][-1][1] if run["points"] else None
 
 
+def paired_differences(arm_runs: Sequence[dict], reference: dict[int, dict]) -> dict:
+    """Accuracy minus the ``reference`` arm's run of the same seed, at the end and at REPORT_STEPS (mean ± s.e.)."""
+    paired = [r for r in arm_runs if r["seed"] in reference]
+    return {
+        "end": mean_se([_diff(_end_accuracy(r), _end_accuracy(reference[r["seed"]])) for r in paired]),
+        "at": {
+            str(s): mean_se(
+                [_diff(accuracy_at(r["points"], s), accuracy_at(reference[r["seed"]]["points"], s)) for r in paired]
+            )
+            for s in REPORT_STEPS
+        },
+    }
+
+
 def summarize(runs: Sequence[dict]) -> dict:
     """Per arm: accuracy at REPORT_STEPS and the end, first 10-point gain steps, hasty-line share, credit hit rates
-    (each mean ± standard error over seeds), wall time, and the paired difference to the GRPO arm."""
+    (each mean ± standard error over seeds), wall time, the paired difference to the GRPO arm and, for the arms with
+    credit, to the alpha = 0 arm (everything of ACPO but the credit: the credit's own effect)."""
     summary: dict = {}
     grpo = {r["seed"]: r for r in runs if r["arm"] == "grpo"}
+    no_credit = {r["seed"]: r for r in runs if r["arm"] == "acpo_noattr"}
     for arm in ARMS:
         arm_runs = sorted((r for r in runs if r["arm"] == arm), key=lambda r: r["seed"])
         if not arm_runs:
@@ -207,13 +224,11 @@ def summarize(runs: Sequence[dict]) -> dict:
             entry["step_s_ratio"] = mean_se(
                 [_ratio(r.get("median_step_s"), grpo[r["seed"]].get("median_step_s")) for r in paired]
             )
-            entry["diff_end"] = mean_se([_diff(_end_accuracy(r), _end_accuracy(grpo[r["seed"]])) for r in paired])
-            entry["diff_at"] = {
-                str(s): mean_se(
-                    [_diff(accuracy_at(r["points"], s), accuracy_at(grpo[r["seed"]]["points"], s)) for r in paired]
-                )
-                for s in REPORT_STEPS
-            }
+            differences = paired_differences(paired, grpo)
+            entry["diff_end"], entry["diff_at"] = differences["end"], differences["at"]
+        if arm not in ("grpo", "acpo_noattr") and any(r["seed"] in no_credit for r in arm_runs):
+            differences = paired_differences(arm_runs, no_credit)
+            entry["credit_diff_end"], entry["credit_diff_at"] = differences["end"], differences["at"]
         summary[arm] = entry
     return summary
 
@@ -245,6 +260,16 @@ def format_table(summary: dict) -> str:
     for step in REPORT_STEPS:
         cells = [_pm(summary[a].get("diff_at", {}).get(str(step), (math.nan,)), signed=True) for a in arms]
         rows.append((f"step {step} - (a), paired", cells))
+    if any("credit_diff_end" in summary[a] for a in arms):  # the credit's own effect: against alpha = 0
+        rows.append(
+            (
+                "end - (b), paired (pts)",
+                [_pm(summary[a].get("credit_diff_end", (math.nan,)), signed=True) for a in arms],
+            )
+        )
+        for step in REPORT_STEPS:
+            cells = [_pm(summary[a].get("credit_diff_at", {}).get(str(step), (math.nan,)), signed=True) for a in arms]
+            rows.append((f"step {step} - (b), paired", cells))
     rows.append(
         (
             f"first +{GAIN_POINTS:.0f} pts step",

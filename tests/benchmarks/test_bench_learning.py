@@ -137,6 +137,24 @@ def test_summary_pairs_seeds_with_grpo_and_writes_table_json_and_plot(tmp_path: 
     assert "(e) ACPO, oracle credit" in capsys.readouterr().out
 
 
+def test_arms_with_credit_are_also_paired_with_alpha_zero_the_credits_own_effect() -> None:
+    runs = [
+        _run("grpo", 0, [0.3, 0.35, 0.38, 0.40]),
+        _run("acpo_noattr", 0, [0.3, 0.35, 0.40, 0.44]),
+        _run("acpo_noattr", 1, [0.3, 0.35, 0.40, 0.44]),
+        _run("acpo_oracle", 0, [0.3, 0.40, 0.45, 0.50]),
+        _run("acpo_oracle", 1, [0.3, 0.30, 0.40, 0.40]),
+    ]
+    summary = bench.summarize(runs)
+    # oracle - alpha = 0, seed by seed: +0.06 and -0.04 at the end, +0.05 and 0.0 at step 16.
+    assert summary["acpo_oracle"]["credit_diff_end"] == pytest.approx(bench.mean_se([0.06, -0.04]))
+    assert summary["acpo_oracle"]["credit_diff_at"]["16"] == pytest.approx(bench.mean_se([0.05, 0.0]))
+    assert summary["acpo_oracle"]["diff_end"] == pytest.approx(bench.mean_se([0.10]))  # GRPO has seed 0 only
+    assert "credit_diff_end" not in summary["acpo_noattr"] and "credit_diff_end" not in summary["grpo"]
+    assert "end - (b), paired" in bench.format_table(summary)
+    assert "end - (b)" not in bench.format_table(bench.summarize(runs[:1] + runs[3:]))  # no (b): no such row
+
+
 def test_median_step_seconds_reads_verls_step_timing(tmp_path: Path) -> None:
     metrics = tmp_path / "stage1_metrics.jsonl"
     rows = [{"step": s, "data": {"training/global_step": s, "timing_s/step": t}} for s, t in enumerate([3, 9, 4], 1)]
