@@ -17,6 +17,11 @@ A batch without these fields (validation, Stage 2, a trainer without the curricu
 parameters already carry a ``seed``. Every output records the temperature its request was sampled at in
 ``extra_fields["acpo_temperature"]``, which the trainer reads back to count hot requests.
 
+With ``reward.reward_kwargs.score_in_agent_loop=true`` the loop also scores its response with the acpo reward
+(:func:`recipe.acpo.reward_manager.score_response`) and returns it as ``AgentLoopOutput.reward_score``, with the
+manager's ``reward_extra_info``; verl then skips its reward-loop call for that response (the CPU preset's setting:
+:mod:`recipe.acpo.reward_manager` says why).
+
 Select it with ``actor_rollout_ref.rollout.agent.default_agent_loop=acpo_curriculum`` and make it known to verl's
 agent-loop workers (separate Ray processes) with
 ``actor_rollout_ref.rollout.agent.agent_loop_config_path=recipe/acpo/config/agent_loops.yaml``.
@@ -24,11 +29,13 @@ agent-loop workers (separate Ray processes) with
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, register
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
+from recipe.acpo.reward_manager import agent_loop_scorer, score_response
 from verl_cpu.generation import SAMPLE_STREAM_KEY
 from verl_cpu.rollout import ROLLOUT_NAME as CPU_ROLLOUT_NAME
 
@@ -97,7 +104,12 @@ def request_temperature(
 
 @register(AGENT_LOOP_NAME)
 class CurriculumAgentLoop(SingleTurnAgentLoop):
-    """verl's single-turn loop with a per-request temperature chosen by :func:`request_temperature`."""
+    """verl's single-turn loop with a per-request temperature chosen by :func:`request_temperature`, and optionally
+    the response's reward."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.scorer = agent_loop_scorer(self.config)
 
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
         base_temperature = float(sampling_params["temperature"])
@@ -117,4 +129,10 @@ class CurriculumAgentLoop(SingleTurnAgentLoop):
                 request_params[SAMPLE_STREAM_KEY] = stream
         output = await super().run(request_params, **kwargs)
         output.extra_fields[TEMPERATURE_KEY] = temperature
+        if self.scorer is not None:
+            started = time.perf_counter()
+            reward = await score_response(self.scorer, self.tokenizer, output.response_ids, kwargs.get("reward_model"))
+            output.reward_score = reward["reward_score"]
+            output.extra_fields["reward_extra_info"] = reward["reward_extra_info"]
+            output.metrics.compute_score = time.perf_counter() - started
         return output

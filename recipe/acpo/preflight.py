@@ -12,7 +12,8 @@ file at fault (``recipe.acpo.main_acpo.prepare`` runs them in order):
 - the training model's attention: ``flash_attention_2`` (verl's default) without an importable ``flash_attn``;
 - the rollout seed (``actor_rollout_ref.rollout.seed``), from which every request's random stream is derived;
 - the micro-batch sizes, each of which must divide the batch a worker splits into micro-batches;
-- the reward manager (imported here once, so a typo fails now rather than in a Ray worker).
+- the reward manager (imported here once, so a typo fails now rather than in a Ray worker), and scoring in the
+  agent loop only with the acpo reward manager and the recipe's agent loop.
 """
 
 from __future__ import annotations
@@ -314,13 +315,39 @@ def check_micro_batch_sizes(config: DictConfig, use_reference_policy: bool) -> N
 
 
 def check_reward_manager(config: DictConfig) -> None:
+    """The reward manager loads, and ``reward.reward_kwargs.score_in_agent_loop`` is only set where it can act.
+
+    With that key the recipe's agent loop scores with the acpo reward in place of the configured manager
+    (:mod:`recipe.acpo.reward_manager`), so another manager would be bypassed silently, and another agent loop would
+    leave the key without effect.
+    """
     from verl.trainer.ppo.reward import resolve_reward_manager_cls
 
+    from recipe.acpo.agent_loop import AGENT_LOOP_NAME
+    from recipe.acpo.reward_manager import SCORE_IN_AGENT_LOOP_KEY, ACPORewardManager, scores_in_agent_loop
+
+    manager = config.reward.reward_manager
     try:
-        resolve_reward_manager_cls(config)
+        manager_cls = resolve_reward_manager_cls(config)
     except (ImportError, AttributeError, ValueError, AssertionError) as err:
-        manager = config.reward.reward_manager
         raise SetupError(
             f"reward.reward_manager (source={manager.source}, name={manager.name}, "
             f"module.path={manager.module.path}) cannot be loaded: {err}"
         ) from err
+    try:
+        if not scores_in_agent_loop(config):
+            return
+    except ValueError as err:
+        raise SetupError(str(err)) from err
+    key = f"reward.reward_kwargs.{SCORE_IN_AGENT_LOOP_KEY}=true"
+    if not (isinstance(manager_cls, type) and issubclass(manager_cls, ACPORewardManager)):
+        raise SetupError(
+            f"{key} scores with the acpo reward, but reward.reward_manager is {manager.name}: set it to false, or "
+            "use the acpo reward manager"
+        )
+    agent_loop = OmegaConf.select(config, "actor_rollout_ref.rollout.agent.default_agent_loop", default=None)
+    if agent_loop != AGENT_LOOP_NAME:
+        raise SetupError(
+            f"{key} needs the recipe's agent loop: set actor_rollout_ref.rollout.agent.default_agent_loop="
+            f"{AGENT_LOOP_NAME} (got {agent_loop!r}), or set it to false"
+        )

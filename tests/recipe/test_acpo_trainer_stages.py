@@ -195,6 +195,34 @@ def test_acpo_settings_are_checked_before_ray_starts(compose: Any) -> None:
     check_acpo_trainer(config, check_acpo_block(config))
 
 
+def test_scoring_in_the_agent_loop_is_the_cpu_presets_and_needs_the_acpo_manager_and_agent_loop(compose: Any) -> None:
+    from recipe.acpo.preflight import SetupError, check_reward_manager
+    from recipe.acpo.reward_manager import scores_in_agent_loop
+    from recipe.acpo.validation.command import tagging_reward_manager_overrides
+
+    assert scores_in_agent_loop(compose("acpo_cpu_stage1")) and not scores_in_agent_loop(compose("acpo_stage1"))
+    check_reward_manager(compose("acpo_cpu_stage1"))
+    check_reward_manager(compose("acpo_stage1"))
+    key = r"reward\.reward_kwargs\.score_in_agent_loop"
+    with pytest.raises(
+        SetupError, match=rf"{key}=true scores with the acpo reward, but reward\.reward_manager is naive"
+    ):
+        check_reward_manager(
+            compose("acpo_cpu", ["reward.reward_manager.source=register", "reward.reward_manager.name=naive"])
+        )
+    with pytest.raises(SetupError, match=rf"{key}=true needs the recipe's agent loop: .*got 'single_turn_agent'"):
+        check_reward_manager(
+            compose("acpo_cpu", ["actor_rollout_ref.rollout.agent.default_agent_loop=single_turn_agent"])
+        )
+    with pytest.raises(SetupError, match=rf"{key}='maybe' must be true or false"):
+        check_reward_manager(compose("acpo_cpu", ["reward.reward_kwargs.score_in_agent_loop=maybe"]))
+    # The validation pass's tagging manager adds its tags in the reward worker, so it turns the agent loop's off.
+    config = compose("acpo_cpu")
+    tagged = compose("acpo_cpu", tagging_reward_manager_overrides(config, tags=["data_source"]))
+    assert not scores_in_agent_loop(tagged)
+    check_reward_manager(tagged)
+
+
 @pytest.mark.parametrize("seed", ["1.5", "'abc'", "true", "null"])
 def test_a_rollout_seed_that_is_not_an_integer_is_named_before_ray_starts(compose: Any, seed: str) -> None:
     from recipe.acpo.main_acpo import SetupError, check_rollout_seed, prepare

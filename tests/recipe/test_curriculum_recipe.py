@@ -1,4 +1,5 @@
-"""The recipe side of the Stage-1 curriculum (§6): the hot-sampling agent loop and the trainer mixin.
+"""The recipe side of the Stage-1 curriculum (§6): the hot-sampling agent loop (which also scores its responses when
+asked) and the trainer mixin.
 
 The agent loop runs against the CPU rollout's real generation server (in-process) on a tiny random Qwen2, so a
 temperature is checked where it matters: in the log-probs the sampler returns. The mixin runs on a real verl
@@ -114,13 +115,18 @@ def cpu_server(tiny_model_dir: Path, policy: Any) -> Any:
 
 
 def _run_group(
-    server: Any, qwen_tokenizer: Any, sampling_params: dict, rollout: dict | None = None, **prompt_fields: Any
+    server: Any,
+    qwen_tokenizer: Any,
+    sampling_params: dict,
+    rollout: dict | None = None,
+    reward: dict | None = None,
+    **prompt_fields: Any,
 ) -> list[AgentLoopOutput]:
     """One prompt's group of GROUP requests through CurriculumAgentLoop and the CPU rollout server, concurrently."""
     from omegaconf import OmegaConf
 
     rollout_config = {"prompt_length": 64, "response_length": 8, **(rollout or {})}
-    trainer_config = OmegaConf.create({"actor_rollout_ref": {"rollout": rollout_config}})
+    trainer_config = OmegaConf.create({"actor_rollout_ref": {"rollout": rollout_config}, "reward": reward or {}})
 
     async def run() -> list[AgentLoopOutput]:
         # AgentLoopBase binds the running event loop when built, as verl's workers build it inside theirs.
@@ -204,6 +210,28 @@ def test_on_the_cpu_rollout_each_request_names_its_stream_and_a_group_is_reprodu
     assert request_stream("train:3:1", 3, 2) == "train:3:1:2"
     assert request_stream(None, 3, 0) == "step:3:0"  # a batch that was not tagged: named by its step
     assert request_stream("train:3:1", 3, None) is None  # no session: the server names the stream
+
+
+def test_with_scoring_in_the_agent_loop_each_response_carries_the_acpo_reward(
+    cpu_server: Any, qwen_tokenizer: Any
+) -> None:
+    from recipe.acpo.reward import get_scorer
+
+    params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": False}
+    truth = {"ground_truth": "5"}
+    plain = _run_group(cpu_server, qwen_tokenizer, params, reward_model=truth)
+    assert all(o.reward_score is None and "reward_extra_info" not in o.extra_fields for o in plain)
+
+    reward = {"reward_kwargs": {"score_in_agent_loop": True}}
+    scored = _run_group(cpu_server, qwen_tokenizer, params, reward=reward, reward_model=truth)
+    scorer = get_scorer()
+    for output in scored:
+        expected = scorer.score(qwen_tokenizer.decode(output.response_ids, skip_special_tokens=True), "5")
+        assert output.reward_score == expected.score
+        assert output.extra_fields["reward_extra_info"] == expected.as_dict()
+        assert output.metrics.compute_score > 0  # verl reports it as agent_loop/compute_score
+    with pytest.raises(ValueError, match=r"no reward_model\.ground_truth \(reward_model=None\)"):
+        _run_group(cpu_server, qwen_tokenizer, params, reward=reward)
 
 
 # ------------------------------------------------------------------------------------------------ the mixin

@@ -151,7 +151,12 @@ def grpo_runs(
     ray_dir = Path(tempfile.mkdtemp(prefix="acpo_e2e_", dir="/tmp"))
     marker = f"acpo-e2e-{uuid.uuid4().hex}"
     try:
-        first = _run_main(_overrides(tiny_model_dir, train, val, checkpoints, ray_dir, steps=2), marker)
+        # The first run scores in verl's reward-loop workers (the GPU configs' path), the resumed one in the recipe's
+        # agent loop (the CPU preset's).
+        verl_reward_loop = "reward.reward_kwargs.score_in_agent_loop=false"
+        first = _run_main(
+            [*_overrides(tiny_model_dir, train, val, checkpoints, ray_dir, steps=2), verl_reward_loop], marker
+        )
         leftover_first = _wait_until_gone(marker)
         resumed = _run_main(_overrides(tiny_model_dir, train, val, checkpoints, ray_dir, steps=3), marker)
         leftover_resumed = _wait_until_gone(marker)
@@ -187,9 +192,12 @@ def test_rollout_log_probs_match_the_trainer_after_every_weight_update(grpo_runs
 
 
 def test_validation_runs_with_the_math_reward_and_checkpoints_are_written(grpo_runs: GRPORuns) -> None:
-    validation = {k: v for k, v in grpo_runs.first.metrics[2].items() if k.startswith("val-")}
-    assert "val-core/arithmetic/acc/mean@1" in validation
-    assert 0.0 <= validation["val-aux/arithmetic/no_answer/mean@1"] <= 1.0
+    # Scored by verl's reward-loop workers (the first run) and by the recipe's agent loop (the resumed run's last
+    # step): both hand verl the same extra information.
+    for validated in (grpo_runs.first.metrics[2], grpo_runs.resumed.metrics[3]):
+        validation = {k: v for k, v in validated.items() if k.startswith("val-")}
+        assert "val-core/arithmetic/acc/mean@1" in validation
+        assert 0.0 <= validation["val-aux/arithmetic/no_answer/mean@1"] <= 1.0
     for step in (2, 3):
         actor = grpo_runs.checkpoints / f"global_step_{step}" / "actor"
         assert (actor / "model_world_size_1_rank_0.pt").is_file()

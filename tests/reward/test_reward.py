@@ -367,6 +367,10 @@ BATCH_TRUTHS = ["42", "0.75", "7", "1"]
 @pytest.fixture(scope="module")
 def rollout_batch(tokenizer: Any) -> Any:
     """A verl ``DataProto`` as the reward loop receives it: right-padded responses after the prompts."""
+    return rollout_batch_of(tokenizer)
+
+
+def rollout_batch_of(tokenizer: Any) -> Any:
     import numpy as np
     import torch
     from verl import DataProto
@@ -497,6 +501,45 @@ def test_manager_score_batch_matches_per_sample_scores(
     outputs = asyncio.run(score())
     assert [output["reward_score"] for output in outputs] == [1.0, 1.0, 0.0, 0.0]
     assert [output["reward_extra_info"]["pred"] for output in outputs] == ["42.0", "3/4", "", SLOW_ANSWER]
+
+
+def test_the_agent_loops_scoring_gives_the_managers_result_for_every_response(
+    warm_scorer: Any, verl_base_config: Any, tokenizer: Any
+) -> None:
+    """What the recipe's agent loop hands verl as ``reward_score`` equals what the reward manager would return."""
+    from recipe.acpo.reward_manager import ACPORewardManager, agent_loop_scorer, score_response
+
+    config = with_overrides(
+        verl_base_config,
+        {"reward.reward_kwargs.verify_time_limit_s": SHORT_LIMIT_S, "reward.reward_kwargs.score_in_agent_loop": True},
+    )
+    scorer = agent_loop_scorer(config)
+    assert scorer is not None and scorer.settings.verify_time_limit_s == SHORT_LIMIT_S
+    encoded = [tokenizer(text + tokenizer.eos_token, add_special_tokens=False).input_ids for text in BATCH_RESPONSES]
+
+    async def score() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        in_loop = [
+            await score_response(scorer, tokenizer, ids, {"ground_truth": truth})
+            for ids, truth in zip(encoded, BATCH_TRUTHS)
+        ]
+        manager = ACPORewardManager(config, tokenizer, compute_score=None)
+        return in_loop, await manager.score_batch(rollout_batch_of(tokenizer))
+
+    in_loop, by_manager = asyncio.run(score())
+    assert [output["reward_score"] for output in in_loop] == [1.0, 1.0, 0.0, 0.0]
+    assert in_loop == by_manager
+
+
+def test_scoring_in_the_agent_loop_is_off_unless_set_and_refuses_a_non_boolean(verl_base_config: Any) -> None:
+    from recipe.acpo.reward_manager import agent_loop_scorer, score_response, scores_in_agent_loop
+
+    assert not scores_in_agent_loop(verl_base_config) and agent_loop_scorer(verl_base_config) is None
+    assert scores_in_agent_loop(with_overrides(verl_base_config, {"reward.reward_kwargs.score_in_agent_loop": True}))
+    with pytest.raises(ValueError, match=r"reward\.reward_kwargs\.score_in_agent_loop='yes' must be true or false"):
+        scores_in_agent_loop(with_overrides(verl_base_config, {"reward.reward_kwargs.score_in_agent_loop": "yes"}))
+    # A row without a ground truth is a data error, named as such (a bad response only scores 0).
+    with pytest.raises(ValueError, match=r"no reward_model\.ground_truth \(reward_model=\{'style': 'rule'\}\)"):
+        asyncio.run(score_response(get_scorer(VerifierSettings()), None, [1, 2], {"style": "rule"}))
 
 
 def test_verl_naive_manager_runs_compute_score_as_a_custom_reward_function(

@@ -27,6 +27,9 @@ MAX_PRED_CHARS = 200
 REWARD_TIMEOUT_FRAC = "acpo/reward_timeout_frac"
 REWARD_NO_ANSWER_FRAC = "acpo/reward_no_answer_frac"
 REWARD_EMPTY_GROUND_TRUTH_FRAC = "acpo/reward_empty_ground_truth_frac"
+# Key of reward.reward_kwargs beside the verifier settings: the recipe's agent loop scores its responses itself
+# (recipe.acpo.reward_manager.scores_in_agent_loop).
+SCORE_IN_AGENT_LOOP_KEY = "score_in_agent_loop"
 
 
 # ---------------------------------------------------------------------------------------------------------------

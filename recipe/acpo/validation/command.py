@@ -19,6 +19,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from recipe.acpo.config_search_path import CONFIG_DIR
+from recipe.acpo.reward import SCORE_IN_AGENT_LOOP_KEY
 
 ENTRY_POINT = "recipe.acpo.main_acpo"
 # The tagging reward manager (recipe/acpo/validation/tagging_reward_manager.py) and the config keys it reads.
@@ -130,6 +131,8 @@ def tagging_reward_manager_overrides(config: Any, tags: Sequence[str]) -> list[s
         "reward.reward_manager.source=importlib",
         f"reward.reward_manager.name={TAGGING_MANAGER_NAME}",
         f"reward.reward_manager.module.path={TAGGING_MANAGER_MODULE}",
+        # The tags are added by the manager, so the agent loop must leave the scoring to it.
+        f"++reward.reward_kwargs.{SCORE_IN_AGENT_LOOP_KEY}=false",
     ]
 
 
