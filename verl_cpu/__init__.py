@@ -13,9 +13,12 @@ registered by one of them. Importing this package registers, without changing an
 5. the unpinned offload: verl's FSDP engine builds a forward-only model (the reference model of a KL loss) with
    ``CPUOffloadPolicy(pin_memory=True)``, and pinning host memory needs an accelerator ("Cannot access accelerator
    device when none is available"); on the ``cpu`` platform the policy is built with ``pin_memory=False``, in every
-   worker class (verl's plain ``ActorRolloutRefWorker`` included).
+   worker class (verl's plain ``ActorRolloutRefWorker`` included);
+6. the log-prob kernel: verl's FSDP engine computes token log-probabilities with a platform's own kernel
+   (flash-attn's on CUDA, torch_npu's on Ascend) or else a loop of one ``logsumexp`` per token; on the ``cpu``
+   platform it gets ``verl_cpu.log_probs.token_log_probs``, the same quantity vectorised in bounded chunks.
 
-Items 2-5 are applied when verl imports the module concerned, so processes that never build an engine or a rollout
+Items 2-6 are applied when verl imports the module concerned, so processes that never build an engine or a rollout
 (the driver, reward workers, agent-loop workers) do not pay for importing them. A launcher calls ``activate()`` and
 sets the variables it returns in every Ray worker through the runtime environment (the ACPO recipe's ``main_acpo``
 does).
@@ -153,10 +156,30 @@ def _unpin_offload_policy(transformer_impl: ModuleType) -> None:
     transformer_impl.CPUOffloadPolicy = cpu_offload_policy
 
 
+def _vectorise_log_probs(transformer_impl: ModuleType) -> None:
+    original = transformer_impl.logprobs_from_logits
+    if getattr(original, "__verl_cpu_wrapped__", False):
+        return
+
+    @functools.wraps(original)
+    def logprobs_from_logits(logits: Any, labels: Any, *args: Any, **kwargs: Any) -> Any:
+        from verl.utils.device import get_device_name
+
+        if get_device_name() == CPU_PLATFORM_NAME:
+            from verl_cpu.log_probs import token_log_probs
+
+            return token_log_probs(logits, labels)
+        return original(logits, labels, *args, **kwargs)
+
+    logprobs_from_logits.__verl_cpu_wrapped__ = True  # type: ignore[attr-defined]
+    transformer_impl.logprobs_from_logits = logprobs_from_logits
+
+
 def register_all() -> None:
     """Register the CPU engine, rollout and the fixes (idempotent; the platform registers on import)."""
     _after_import("verl.utils.distributed", _use_plain_gloo)
     _after_import("verl.workers.engine.fsdp.transformer_impl", _unpin_offload_policy)
+    _after_import("verl.workers.engine.fsdp.transformer_impl", _vectorise_log_probs)
     _after_import("verl.workers.engine", _register_fsdp_engines)
     _after_import("verl.workers.rollout.base", _register_rollout_adapter)
     _after_import("verl.workers.rollout.replica", _register_rollout_replica)
