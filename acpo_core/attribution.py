@@ -378,7 +378,11 @@ def packed_token_count(batch: AttributionBatch) -> AttributionTokenCounts:
     )
 
 
-def naive_sequences(batch: AttributionBatch, lengths: AttributionLengths) -> list[tuple[int, int, torch.Tensor, int]]:
+# (row b, step index i, sequence, context length): one forward's worth of §3 scoring.
+ScoringJob = tuple[int, int, torch.Tensor, int]
+
+
+def naive_sequences(batch: AttributionBatch, lengths: AttributionLengths) -> list[ScoringJob]:
     """§3 reference construction: the K_b + 1 sequences ``[q, o_{<c_i}, Y]`` of every checked response.
 
     Returns:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,6 +39,7 @@ import torch
 from acpo_core.attribution import (
     AttributionBatch,
     AttributionLengths,
+    ScoringJob,
     check_attribution_batch,
     check_vocabulary,
     naive_sequences,
@@ -354,13 +355,18 @@ def score_answer_loglik(
 
 @torch.no_grad()
 def score_answer_loglik_naive(
-    model: Any, batch: AttributionBatch, micro_batch_size: int, temperature: float = 1.0
+    model: Any,
+    batch: AttributionBatch,
+    micro_batch_size: int,
+    temperature: float = 1.0,
+    sequences: Callable[[AttributionBatch, AttributionLengths], list[ScoringJob]] = naive_sequences,
 ) -> torch.Tensor:
     """§3, the reference: K_b + 1 separate plain forward passes ``[q, o_{<c_i}, Y]`` per response.
 
-    The sequences (:func:`acpo_core.attribution.naive_sequences`) are right-padded in micro-batches of
-    ``micro_batch_size`` and run with the model's own causal mask (a 2D padding mask) and default position ids. Same
-    arguments, returns and errors as :func:`score_answer_loglik` (attention implementation: any). No gradient.
+    The sequences (``sequences``: :func:`acpo_core.attribution.naive_sequences`, or the look-ahead judge's,
+    :func:`acpo_core.lookahead.lookahead_sequences`) are right-padded in micro-batches of ``micro_batch_size`` and run
+    with the model's own causal mask (a 2D padding mask) and default position ids. Same arguments, returns and errors
+    as :func:`score_answer_loglik` (attention implementation: any). No gradient.
 
     Returns:
         L: [B, Kmax+1] float32; 0 beyond K_b.
@@ -368,7 +374,7 @@ def score_answer_loglik_naive(
     lengths = check_scoring_inputs(model, batch, micro_batch_size, temperature)
     device = batch.prompt_ids.device
     scores = torch.zeros(len(batch), batch.boundaries.shape[1], dtype=torch.float32, device=device)
-    jobs = naive_sequences(batch, lengths)
+    jobs = sequences(batch, lengths)
     for start in range(0, len(jobs), micro_batch_size):
         chunk = jobs[start : start + micro_batch_size]
         width = max(sequence.numel() for _, _, sequence, _ in chunk)

@@ -48,7 +48,8 @@ if str(ROOT) not in sys.path:
 
 from acpo_core.attribution import AttributionBatch, render_answer_batch  # noqa: E402
 from acpo_core.config import ACPOConfig  # noqa: E402
-from acpo_core.scoring import score_answer_loglik  # noqa: E402
+from acpo_core.lookahead import greedy_continuations, lookahead_sequences  # noqa: E402
+from acpo_core.scoring import score_answer_loglik, score_answer_loglik_naive  # noqa: E402
 from acpo_core.segmentation import VocabTables, segmentation_from_boundaries  # noqa: E402
 from acpo_core.step import ACPOBatch, ACPOStepResult, compute_acpo_step  # noqa: E402
 from recipe.acpo.testbed.slips import most_blamed_step  # noqa: E402
@@ -61,14 +62,16 @@ SPEC_READING: dict[str, dict[str, str]] = {
     "attribution": {"judge": "policy", "target": "ground_truth", "score_tokens": "all", "final_eos": "keep"},
     "advantage": {"attr_total": "added"},
 }
-# Each variant: what it changes from the spec's reading. The next four after "spec" change one thing; "combined" all
-# four; the oracle takes C from the labels (testbed and traces only), the ceiling of any judge.
+# Each variant: what it changes from the spec's reading. The next four after "spec" change one thing;
+# "value_redistributed" the two the look-ahead judge measured best with (§3.3); "combined" all four; the oracle takes
+# C from the labels (testbed and traces only), the ceiling of any judge.
 VARIANTS: dict[str, dict[str, dict[str, str]]] = {
     "spec": {},
     "final_eos": {"attribution": {"final_eos": "drop"}},
     "value_only": {"attribution": {"score_tokens": "value"}},
     "contrast": {"attribution": {"target": "contrast"}},
     "redistributed": {"advantage": {"attr_total": "redistributed"}},
+    "value_redistributed": {"attribution": {"score_tokens": "value"}, "advantage": {"attr_total": "redistributed"}},
     "combined": {
         "attribution": {"final_eos": "drop", "score_tokens": "value", "target": "contrast"},
         "advantage": {"attr_total": "redistributed"},
@@ -307,6 +310,35 @@ class MemoScorer:
         return self.cache[key]
 
 
+class LookaheadScorer(MemoScorer):
+    """§3.3's look-ahead judge (:mod:`acpo_core.lookahead`): L_i scored after the policy's greedy continuation of each
+    prefix, cut where it starts writing the template's fixed text; continuations are remembered per context, so
+    variants that differ only in Y share them."""
+
+    def __init__(self, model: Any, tokenizer: Any, template: str, max_new_tokens: int = 64) -> None:
+        super().__init__(model)
+        from recipe.acpo.step_dump import token_text_table
+
+        continue_fn = partial(
+            greedy_continuations,
+            model,
+            pad_id=tokenizer.pad_token_id,
+            end_ids={tokenizer.eos_token_id},
+            token_texts=token_text_table(tokenizer),
+            stop_text=template.split("{answer}")[0].strip(),
+            max_new_tokens=max_new_tokens,
+        )
+        self.continuations: dict[bytes, list[int]] = {}
+
+        def remembered(contexts: Sequence[torch.Tensor]) -> list[list[int]]:
+            new = {c.numpy().tobytes(): c for c in contexts if c.numpy().tobytes() not in self.continuations}
+            self.continuations |= dict(zip(new, continue_fn(list(new.values())))) if new else {}
+            return [self.continuations[c.numpy().tobytes()] for c in contexts]
+
+        sequences = partial(lookahead_sequences, continue_fn=remembered)
+        self.score = partial(score_answer_loglik_naive, model, micro_batch_size=64, sequences=sequences)
+
+
 def testbed_batch(
     policy_dir: Path,
     num_problems: int,
@@ -531,6 +563,12 @@ def build_parser() -> argparse.ArgumentParser:
     testbed.add_argument("--seed", type=int, default=0, help="problems and sampling seed (%(default)s)")
     testbed.add_argument("--config", type=Path, default=TESTBED_CONFIG, help="YAML whose acpo: block is used")
     testbed.add_argument("--answer-template", default=None, help="Y's template (default: the config's)")
+    testbed.add_argument(
+        "--lookahead",
+        action="store_true",
+        help="also score every variant with the look-ahead judge (acpo_core.lookahead: L_i after the policy's "
+        "greedy continuation of each prefix), reported as VARIANT+lookahead",
+    )
     add_task_arguments(testbed.add_argument_group("task", "the task the policy was built for (testbed build)"))
     traces = sub.add_parser("traces", help="score a JSONL of labelled traces with a causal LM")
     traces.add_argument("file", type=Path, help="JSONL rows {question, steps, target, mistake_index}")
@@ -578,6 +616,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if task != TaskSpec():
             info["task"] = dataclasses.asdict(task)
         results = run_variants(batches, tables, cfg, MemoScorer(model), first_wrong, args.variants)
+        if args.lookahead:
+            from transformers import AutoTokenizer
+
+            scorer = LookaheadScorer(model, AutoTokenizer.from_pretrained(args.policy), cfg.attribution.answer_template)
+            judged = [name for name in args.variants if name not in ORACLE_VARIANTS]
+            looked = run_variants(batches, tables, cfg, scorer, first_wrong, judged)
+            results |= {f"{name}+lookahead": figures for name, figures in looked.items()}
     else:
         cfg = ACPOConfig.from_dict({"attribution": {"answer_template": args.answer_template}})
         batches, tables, model, first_wrong, steps, info = traces_batch(

@@ -103,21 +103,38 @@ def test_dump_mode_refuses_a_folder_without_dump_files(tmp_path: Path) -> None:
         bench.main(["dump", str(tmp_path)])
 
 
-def test_testbed_samples_the_held_out_problems_of_the_task_the_policy_was_built_for(tmp_path: Path) -> None:
-    from acpo_core.config import ACPOConfig
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from recipe.acpo.testbed import PolicySpec, build_policy
-    from recipe.acpo.testbed.task import TaskSpec
 
     tiny = PolicySpec(hidden_size=32, num_layers=1, num_heads=2, sft_problems=50, sft_steps=2, batch_size=8)
-    build_policy(tmp_path / "policy", seed=0, policy=dataclasses.replace(tiny, eval_problems=2), log=lambda _: None)
+    folder = tmp_path_factory.mktemp("tiny_testbed") / "policy"
+    build_policy(folder, seed=0, policy=dataclasses.replace(tiny, eval_problems=2), log=lambda _: None)
+    return folder
+
+
+def test_testbed_samples_the_held_out_problems_of_the_task_the_policy_was_built_for(tiny_policy: Path) -> None:
+    from acpo_core.config import ACPOConfig
+    from recipe.acpo.testbed.task import TaskSpec
+
     batches, _, _, _, info = bench.testbed_batch(
-        tmp_path / "policy", 3, 2, 0, ACPOConfig(), log=lambda _: None, task=TaskSpec(num_ops=(5, 5))
+        tiny_policy, 3, 2, 0, ACPOConfig(), log=lambda _: None, task=TaskSpec(num_ops=(5, 5))
     )
     assert info["responses"] == 6
     from transformers import AutoTokenizer
 
-    prompts = AutoTokenizer.from_pretrained(tmp_path / "policy").batch_decode(
+    prompts = AutoTokenizer.from_pretrained(tiny_policy).batch_decode(
         batches["all"].prompt_ids, skip_special_tokens=True
     )
     # "Start at 7, add 3, subtract 2, ...": five operations after the start value.
     assert all(prompt.split("Step by step: ")[1].count(", ") == 5 for prompt in prompts)
+
+
+def test_the_lookahead_judge_scores_every_judged_variant_again_and_leaves_the_oracle_out(
+    tiny_policy: Path, tmp_path: Path
+) -> None:
+    args = ["testbed", "--policy", str(tiny_policy), "--problems", "6", "--samples", "4", "--lookahead"]
+    report = bench.main([*args, "--variants", "spec,value_only,oracle", "--out", str(tmp_path / "credit.json")])
+    assert set(report["variants"]) == {"spec", "value_only", "oracle", "spec+lookahead", "value_only+lookahead"}
+    for name in ("spec", "value_only"):
+        assert report["variants"][f"{name}+lookahead"]["responses"] == report["variants"][name]["responses"]

@@ -130,3 +130,78 @@ def test_auto_attention_is_flex_on_an_accelerator_and_sdpa_on_cpu() -> None:
     assert resolve_attention("sdpa", "cuda") == "sdpa"
     with pytest.raises(ValueError, match=r"acpo\.attribution\.attention"):
         resolve_attention("flash", "cpu")
+
+
+# ------------------------------------------------------------------------------------------- the look-ahead judge
+
+
+def test_lookahead_sequences_insert_each_continuation_before_the_answer(batch: AttributionBatch) -> None:
+    from acpo_core.attribution import naive_sequences
+    from acpo_core.lookahead import lookahead_sequences
+
+    lengths = check_attribution_batch(batch)
+    seen: list[int] = []
+
+    def continue_fn(contexts: list[torch.Tensor]) -> list[list[int]]:
+        seen.extend(int(c.numel()) for c in contexts)
+        return [[7, 8, 9][: n % 4] for n in range(len(contexts))]
+
+    plain = naive_sequences(batch, lengths)
+    looked = lookahead_sequences(batch, lengths, continue_fn)
+    open_jobs = [job for job in plain if job[1] < int(lengths.num_steps[job[0]])]
+    assert seen == [context_len for *_, context_len in open_jobs]  # called once, on every i < K
+    extras = iter([[7, 8, 9][: n % 4] for n in range(len(open_jobs))])
+    for (b, i, sequence, context_len), (lb, li, lsequence, lcontext_len) in zip(plain, looked):
+        assert (b, i) == (lb, li)
+        extra = next(extras) if i < int(lengths.num_steps[b]) else []  # the complete response is not continued
+        assert lcontext_len == context_len + len(extra)
+        assert lsequence.tolist() == [*sequence[:context_len].tolist(), *extra, *sequence[context_len:].tolist()]
+    with pytest.raises(RuntimeError, match="continuations for"):
+        lookahead_sequences(batch, lengths, lambda contexts: [])
+
+
+def test_the_lookahead_judge_without_continuations_is_the_naive_reference(
+    model: Any, batch: AttributionBatch, naive: torch.Tensor
+) -> None:
+    from functools import partial
+
+    from acpo_core.lookahead import lookahead_sequences
+
+    sequences = partial(lookahead_sequences, continue_fn=lambda contexts: [[] for _ in contexts])
+    looked = score_answer_loglik_naive(model, batch, micro_batch_size=16, sequences=sequences)
+    torch.testing.assert_close(looked, naive, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "stop_text", "kept"),
+    [
+        ([0, 1, 2, 3, 4, 5, 6], "Answer:", [0, 1, 2]),  # cut before the token where the stop text begins
+        ([0, 7, 4, 5], "Answer:", [0]),  # a token holding the newline and the stop text's start goes with it
+        ([0, 1, 6, 3, 4], "Answer:", [0, 1]),  # nothing after the end token
+        ([0, 3, 1], "Answer:", [0, 3, 1]),  # "Answer" alone is not the stop text
+        ([0, 1, 2, 3, 4], "", [0, 1, 2, 3, 4]),
+    ],
+)
+def test_continuations_are_cut_before_the_answer_template_and_at_the_end_token(
+    tokens: list[int], stop_text: str, kept: list[int]
+) -> None:
+    from acpo_core.lookahead import cut_at_text
+
+    texts = ["a", "b", "\n", "Answer", ":", " 4", "<eos>", "\nAnswer"]
+    assert cut_at_text(tokens, texts, stop_text, end_ids={6}) == kept
+
+
+def test_greedy_continuations_are_the_models_greedy_tokens_cut_and_without_padding(
+    model: Any, qwen_tokenizer: Any
+) -> None:
+    from acpo_core.lookahead import greedy_continuations
+
+    texts = ["What is 2 + 3? Let us see.", "Sum"]
+    contexts = [torch.tensor(qwen_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    pad, eos = qwen_tokenizer.pad_token_id, qwen_tokenizer.eos_token_id
+    out = greedy_continuations(model, contexts, pad, {eos}, token_texts=[], stop_text="", max_new_tokens=6)
+    # The short context is left-padded in the batch; alone it must continue the same way.
+    alone = model.generate(input_ids=contexts[1][None], do_sample=False, max_new_tokens=6, pad_token_id=pad)
+    expected = alone[0, contexts[1].numel() :].tolist()
+    assert out[1] == (expected[: expected.index(eos)] if eos in expected else expected)
+    assert all(len(row) <= 6 and eos not in row for row in out)

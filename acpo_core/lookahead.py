@@ -1,0 +1,125 @@
+"""§3.3 (ours, offline): a look-ahead judge, L_i scored after the policy has finished its own reasoning greedily.
+
+The spec scores L_i = log pi(Y | q, o_{<c_i}, template): the policy must forecast the final answer from a partial
+response in one step. A policy that cannot (the CPU testbed's: docs/algorithm.md §3.2) gives C_i = L_{i+1} - L_i
+that follows position, not correctness. The look-ahead judge lets the same policy do what it does well instead:
+from each prefix [q, o_{<c_i}] it continues greedily, g_i = greedy(pi, [q, o_{<c_i}]), cut where it starts writing
+the answer template's fixed text (or at its end token), and then scores
+
+    L_i^look = log pi(Y | q, o_{<c_i}, g_i, template),
+
+so L_i^look is high when the prefix still leads the policy to Y and low once a step has sent it elsewhere; C_i and
+everything after them (§4) are unchanged. L_K^look is the spec's L_K (the response is complete: no continuation).
+
+It costs one greedy generation per step boundary, which the training path does not run: this module serves the
+credit benchmark (``benchmarks/bench_credit.py --lookahead``), as the measure of what a judge that reasons can
+reach. The scorer is :func:`acpo_core.scoring.score_answer_loglik_naive` over :func:`lookahead_sequences`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+import torch
+
+from acpo_core.attribution import AttributionBatch, AttributionLengths, ScoringJob, naive_sequences
+
+__all__ = ["ContinueFn", "cut_at_text", "greedy_continuations", "lookahead_sequences"]
+
+# Contexts [q, o_{<c_i}] (1-D long tensors) -> the policy's continuation of each (token ids, cut).
+ContinueFn = Callable[[Sequence[torch.Tensor]], list[list[int]]]
+
+
+def cut_at_text(
+    tokens: Sequence[int], token_texts: Sequence[str], stop_text: str, end_ids: Collection[int]
+) -> list[int]:
+    """The tokens before the first end token and before the token where ``stop_text`` begins in their text.
+
+    Args:
+        tokens: generated token ids.
+        token_texts: the display text of every vocabulary id (``recipe.acpo.step_dump.token_text_table``).
+        stop_text: e.g. ``"Answer:"``, the answer template's fixed text; empty: cut at the end token only.
+        end_ids: end-of-sequence ids.
+    """
+    kept: list[int] = []
+    for token in tokens:
+        if token in end_ids:
+            break
+        kept.append(token)
+    if not stop_text:
+        return kept
+    stop = "".join(token_texts[token] for token in kept).find(stop_text)
+    if stop < 0:
+        return kept
+    # Keep the tokens that end before stop_text begins; the one it begins in (it may also hold the newline before
+    # it) goes with it.
+    ends = list(itertools.accumulate(len(token_texts[token]) for token in kept))
+    return kept[: bisect.bisect_right(ends, stop)]
+
+
+@torch.no_grad()
+def greedy_continuations(
+    model: Any,
+    contexts: Sequence[torch.Tensor],
+    pad_id: int,
+    end_ids: Collection[int],
+    token_texts: Sequence[str],
+    stop_text: str,
+    max_new_tokens: int = 64,
+    micro_batch_size: int = 256,
+) -> list[list[int]]:
+    """The model's greedy continuation of each context, cut by :func:`cut_at_text` (a :data:`ContinueFn`).
+
+    Args:
+        model: a Hugging Face causal LM (``generate``), in eval mode.
+        contexts: 1-D long tensors, each [q, o_{<c_i}].
+        pad_id, end_ids: padding and end-of-sequence ids.
+        token_texts, stop_text: see :func:`cut_at_text`.
+        max_new_tokens: the longest continuation.
+        micro_batch_size: contexts generated together (left-padded).
+    """
+    out: list[list[int]] = []
+    device = next(model.parameters()).device
+    for first in range(0, len(contexts), micro_batch_size):
+        chunk = contexts[first : first + micro_batch_size]
+        width = max(int(c.numel()) for c in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long, device=device)
+        for n, context in enumerate(chunk):
+            ids[n, width - context.numel() :] = context.to(device)
+            mask[n, width - context.numel() :] = 1
+        generated = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=sorted(end_ids),
+        )[:, width:]
+        out.extend(cut_at_text(row, token_texts, stop_text, end_ids) for row in generated.tolist())
+    return out
+
+
+def lookahead_sequences(
+    batch: AttributionBatch, lengths: AttributionLengths, continue_fn: ContinueFn
+) -> list[ScoringJob]:
+    """The sequences ``[q, o_{<c_i}, g_i, Y]`` of every response and i = 0..K_b, with g_K empty.
+
+    Same layout as :func:`acpo_core.attribution.naive_sequences` (``(b, i, sequence, context length)``), so
+    :func:`acpo_core.scoring.score_answer_loglik_naive` scores them (``sequences=``). ``continue_fn`` is called once,
+    on the contexts of every i < K_b.
+    """
+    jobs = naive_sequences(batch, lengths)
+    open_jobs = [n for n, (b, i, _, _) in enumerate(jobs) if i < int(lengths.num_steps[b])]
+    continuations = continue_fn([jobs[n][2][: jobs[n][3]] for n in open_jobs])
+    if len(continuations) != len(open_jobs):
+        raise RuntimeError(f"continue_fn returned {len(continuations)} continuations for {len(open_jobs)} contexts")
+    out = list(jobs)
+    for n, continuation in zip(open_jobs, continuations):
+        b, i, sequence, context_len = jobs[n]
+        extra = torch.tensor(continuation, dtype=sequence.dtype)
+        out[n] = (b, i, torch.cat([sequence[:context_len], extra, sequence[context_len:]]), context_len + extra.numel())
+    return out
