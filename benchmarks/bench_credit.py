@@ -184,14 +184,16 @@ def _cell(value: Any, percent: bool = False) -> str:
 
 def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """The printed table: one row per variant."""
+    width = max([22, *(len(name) + 2 for name in results)])
     header = (
-        f"{'variant':<22}{'n':>5}{'blamed%':>9}{'lowC%':>8}{'chance%':>9}{'posrule%':>10}{'C>slip':>8}"
+        f"{'variant':<{width}}{'n':>5}{'blamed%':>9}{'lowC%':>8}{'chance%':>9}{'posrule%':>10}{'C>slip':>8}"
         f"{'Aattr slip':>12}{'before':>8}{'A/Abase R':>11}{'W':>7}"
     )
     lines = [header, "-" * len(header)]
     for name, f in results.items():
         lines.append(
-            f"{name:<22}{f['responses']:>5}{_cell(f['most_blamed_hit'], True):>9}{_cell(f['lowest_c_hit'], True):>8}"
+            f"{name:<{width}}{f['responses']:>5}"
+            f"{_cell(f['most_blamed_hit'], True):>9}{_cell(f['lowest_c_hit'], True):>8}"
             f"{_cell(f['chance'], True):>9}{_cell(f['position_rule'], True):>10}"
             f"{_cell(f['others_above_slip'], True):>8}{_cell(f['a_attr_slip']):>12}{_cell(f['a_attr_before_slip']):>8}"
             f"{_cell(f['a_final_over_a_base_right']):>11}{_cell(f['a_final_over_a_base_wrong']):>7}"
@@ -207,13 +209,14 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
 
 def format_by_slip_step(results: Mapping[str, Mapping[str, Any]]) -> str:
     lines = []
+    width = max([22, *(len(name) + 2 for name in results)])
     for name, f in results.items():
         parts = [
             f"slip at step {step}: n {g['responses']}, blamed {_cell(g['most_blamed_hit'], True)}%, "
             f"lowC {_cell(g['lowest_c_hit'], True)}%, A_attr {_cell(g['a_attr_slip'])}"
             for step, g in f["by_slip_step"].items()
         ]
-        lines.append(f"{name:<22}" + "; ".join(parts))
+        lines.append(f"{name:<{width}}" + "; ".join(parts))
     return "\n".join(lines)
 
 
