@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import torch
 from verl.utils.torch_functional import logprobs_from_logits_v2
 
 from verl_cpu.log_probs import token_log_probs
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("chunk_elements", [1, 7 * 349, 1 << 24])
@@ -60,12 +55,8 @@ print(getattr(kernel, "__verl_cpu_wrapped__", False), torch.equal(got, token_log
 
 @pytest.mark.e2e  # starts a fresh interpreter that imports verl: slow on 2 cores
 @pytest.mark.parametrize(("plugin", "expected"), [(True, "True True"), (False, "False True")])
-def test_the_plugin_gives_verls_engine_the_kernel_on_the_cpu_platform(plugin: bool, expected: str) -> None:
-    env = {key: value for key, value in os.environ.items() if key not in ("VERL_USE_EXTERNAL_MODULES", "VERL_PLATFORM")}
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    if plugin:
-        env.update({"VERL_USE_EXTERNAL_MODULES": "verl_cpu", "VERL_PLATFORM": "cpu"})
-    done = subprocess.run([sys.executable, "-c", _PROBE], env=env, cwd="/", capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_the_plugin_gives_verls_engine_the_kernel_on_the_cpu_platform(
+    plugin_probe: Callable[[str, bool], str], plugin: bool, expected: str
+) -> None:
     # Without the plugin the engine keeps verl's own function (equal results here: the same formula).
-    assert done.stdout.strip().splitlines()[-1] == expected
+    assert plugin_probe(_PROBE, plugin).strip().splitlines()[-1] == expected
