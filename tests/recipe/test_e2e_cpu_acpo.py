@@ -90,6 +90,8 @@ def _common_overrides(model: Path, data: tuple[Path, Path], ray_dir: Path, check
         "reward.reward_manager.name=naive",
         f"reward.custom_reward_function.path={Path(__file__).resolve()}",
         "reward.custom_reward_function.name=hashed_outcome",
+        # verl's reward workers score with it: the CPU preset's scoring in the agent loop is the acpo reward's.
+        "reward.reward_kwargs.score_in_agent_loop=false",
         "trainer.val_before_train=false",
         "trainer.test_freq=-1",
         "trainer.logger=[console,file]",

@@ -97,6 +97,8 @@ def _train(testbed: tuple[Path, Path, Path], seed: int, out: Path, ray_dir: Path
         "reward.reward_manager.name=naive",
         f"reward.custom_reward_function.path={HASHED_REWARD}",
         "reward.custom_reward_function.name=hashed_outcome",
+        # verl's reward workers score with it: the CPU preset's scoring in the agent loop is the acpo reward's.
+        "reward.reward_kwargs.score_in_agent_loop=false",
         "trainer.total_training_steps=2",
         "trainer.val_before_train=false",
         "trainer.test_freq=2",
