@@ -122,9 +122,11 @@ class AttributionConfig:
     # when its dynamic batch size is on, else micro_batch_size alone bounds a micro-batch.
     max_tokens_per_micro_batch: int | None = None
     # Credit variants (ours, docs/algorithm.md §3.2); the defaults are the §3 reading of the spec.
-    # judge: "policy" scores L_i with the old policy (§3); "oracle" takes C from labelled first wrong steps (-1 on the
-    # step holding the first wrong token, +1 elsewhere; the testbed's step checker), the ceiling of any attribution.
-    judge: Literal["policy", "oracle"] = "policy"
+    # judge: "policy" scores L_i with the old policy (§3); "lookahead" (§3.3) scores L_i after the old policy's greedy
+    # continuation of each prefix (scored by verl's compute_log_prob: mode naive); "oracle" takes C from labelled
+    # first wrong steps (-1 on the step holding the first wrong token, +1 elsewhere; the testbed's step checker), the
+    # ceiling of any attribution.
+    judge: Literal["policy", "lookahead", "oracle"] = "policy"
     # target: "ground_truth" scores Y for every response; "contrast" scores D_i = L_i(Y) - L_i(Y') for a wrong
     # response whose own answer Y' was extracted (format and position terms cancel).
     target: Literal["ground_truth", "contrast"] = "ground_truth"
@@ -134,11 +136,15 @@ class AttributionConfig:
     # final_eos: "keep" scores L_K after the whole response, its end-of-sequence token included (c_K = T); "drop"
     # scores L_K after the response without a trailing special token, a context the policy does continue from.
     final_eos: Literal["keep", "drop"] = "keep"
+    # judge lookahead: the longest continuation (null: the rollout's response_length) and the contexts generated
+    # together on a worker.
+    lookahead_max_new_tokens: int | None = None
+    lookahead_micro_batch_size: int = 64
 
     def validate(self, prefix: str = "attribution") -> None:
         _require(self.mode in ("packed", "naive"), f"{prefix}.mode", "must be 'packed' or 'naive'", self.mode)
         for name, choices in (
-            ("judge", ("policy", "oracle")),
+            ("judge", ("policy", "lookahead", "oracle")),
             ("target", ("ground_truth", "contrast")),
             ("score_tokens", ("all", "value")),
             ("final_eos", ("keep", "drop")),
@@ -175,6 +181,16 @@ class AttributionConfig:
         )
         if self.max_tokens_per_micro_batch is not None:
             _check_int(self, prefix, "max_tokens_per_micro_batch", 1)
+        if self.lookahead_max_new_tokens is not None:
+            _check_int(self, prefix, "lookahead_max_new_tokens", 1)
+        _check_int(self, prefix, "lookahead_micro_batch_size", 1)
+        # The look-ahead sequences [q, o_<c_i, g_i, Y] share no prefix, which the packed layout needs.
+        _require(
+            self.judge != "lookahead" or self.mode == "naive",
+            f"{prefix}.mode",
+            "must be naive with judge=lookahead (its sequences share no prefix, which the packed layout needs)",
+            self.mode,
+        )
 
 
 @dataclass(frozen=True)

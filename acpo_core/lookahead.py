@@ -11,9 +11,11 @@ the answer template's fixed text (or at its end token), and then scores
 so L_i^look is high when the prefix still leads the policy to Y and low once a step has sent it elsewhere; C_i and
 everything after them (§4) are unchanged. L_K^look is the spec's L_K (the response is complete: no continuation).
 
-It costs one greedy generation per step boundary, which the training path does not run: this module serves the
-credit benchmark (``benchmarks/bench_credit.py --lookahead``), as the measure of what a judge that reasons can
-reach. The scorer is :func:`acpo_core.scoring.score_answer_loglik_naive` over :func:`lookahead_sequences`.
+It costs one greedy generation per step boundary. In training (``acpo.attribution.judge=lookahead``) the actor
+workers generate (``recipe.acpo.acpo_worker``: :func:`greedy_generate` on the FSDP model, in lockstep across ranks)
+and verl's ``compute_log_prob`` scores :func:`lookahead_sequences`; the credit benchmark
+(``benchmarks/bench_credit.py --lookahead``) runs :func:`greedy_continuations` and
+:func:`acpo_core.scoring.score_answer_loglik_naive` on a local model.
 """
 
 from __future__ import annotations
@@ -27,10 +29,25 @@ import torch
 
 from acpo_core.attribution import AttributionBatch, AttributionLengths, ScoringJob, naive_sequences
 
-__all__ = ["ContinueFn", "cut_at_text", "greedy_continuations", "lookahead_sequences"]
+__all__ = [
+    "ContinueFn",
+    "RememberedContinuations",
+    "continuation_metrics",
+    "cut_at_text",
+    "greedy_continuations",
+    "greedy_generate",
+    "lookahead_sequences",
+    "stop_text_of",
+]
 
 # Contexts [q, o_{<c_i}] (1-D long tensors) -> the policy's continuation of each (token ids, cut).
 ContinueFn = Callable[[Sequence[torch.Tensor]], list[list[int]]]
+
+
+def stop_text_of(answer_template: str) -> str:
+    """The fixed text a continuation is cut at: the answer template's text before ``{answer}``, stripped
+    (``"Answer: {answer}"`` -> ``"Answer:"``; empty when the template starts with the answer)."""
+    return answer_template.split("{answer}")[0].strip()
 
 
 def cut_at_text(
@@ -61,6 +78,56 @@ def cut_at_text(
 
 
 @torch.no_grad()
+def greedy_generate(
+    model: Any,
+    contexts: Sequence[torch.Tensor],
+    pad_id: int,
+    end_ids: Collection[int],
+    max_new_tokens: int,
+    micro_batch_size: int = 256,
+    min_micro_batches: int = 0,
+    synced_gpus: bool = False,
+) -> torch.Tensor:
+    """The model's greedy continuation of each context, uncut: [N, max_new_tokens] long, ``pad_id`` after the end.
+
+    Contexts are left-padded in micro-batches of ``micro_batch_size`` and run through the model's ``generate``.
+    Under FSDP every rank must run the same number of forward passes: ``min_micro_batches`` adds micro-batches of
+    one dummy context (their output is dropped) up to the count the ranks agreed on, and ``synced_gpus`` keeps a rank
+    whose sequences ended stepping until every rank's have (Hugging Face's flag for sharded models).
+
+    Args:
+        model: a Hugging Face causal LM (``generate``), in eval mode.
+        contexts: N 1-D long tensors, each [q, o_{<c_i}].
+        pad_id, end_ids: padding and end-of-sequence ids.
+        max_new_tokens: the longest continuation.
+    """
+    device = next(model.parameters()).device
+    out = torch.full((len(contexts), max_new_tokens), pad_id, dtype=torch.long)
+    starts = list(range(0, len(contexts), micro_batch_size))
+    dummy = [torch.tensor([pad_id], dtype=torch.long)]
+    for n in range(max(len(starts), min_micro_batches)):
+        chunk = contexts[starts[n] : starts[n] + micro_batch_size] if n < len(starts) else dummy
+        width = max(int(c.numel()) for c in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long, device=device)
+        for row, context in enumerate(chunk):
+            ids[row, width - context.numel() :] = context.to(device)
+            mask[row, width - context.numel() :] = 1
+        generated = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=sorted(end_ids),
+            synced_gpus=synced_gpus,
+            use_cache=True,
+        )[:, width:]
+        if n < len(starts):
+            out[starts[n] : starts[n] + len(chunk), : generated.shape[1]] = generated.cpu()
+    return out
+
+
 def greedy_continuations(
     model: Any,
     contexts: Sequence[torch.Tensor],
@@ -71,36 +138,32 @@ def greedy_continuations(
     max_new_tokens: int = 64,
     micro_batch_size: int = 256,
 ) -> list[list[int]]:
-    """The model's greedy continuation of each context, cut by :func:`cut_at_text` (a :data:`ContinueFn`).
+    """:func:`greedy_generate` on one process, each row cut by :func:`cut_at_text` (a :data:`ContinueFn`).
 
     Args:
-        model: a Hugging Face causal LM (``generate``), in eval mode.
-        contexts: 1-D long tensors, each [q, o_{<c_i}].
-        pad_id, end_ids: padding and end-of-sequence ids.
-        token_texts, stop_text: see :func:`cut_at_text`.
-        max_new_tokens: the longest continuation.
-        micro_batch_size: contexts generated together (left-padded).
+        token_texts, stop_text: see :func:`cut_at_text`; the rest: see :func:`greedy_generate`.
     """
-    out: list[list[int]] = []
-    device = next(model.parameters()).device
-    for first in range(0, len(contexts), micro_batch_size):
-        chunk = contexts[first : first + micro_batch_size]
-        width = max(int(c.numel()) for c in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long, device=device)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long, device=device)
-        for n, context in enumerate(chunk):
-            ids[n, width - context.numel() :] = context.to(device)
-            mask[n, width - context.numel() :] = 1
-        generated = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=False,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=pad_id,
-            eos_token_id=sorted(end_ids),
-        )[:, width:]
-        out.extend(cut_at_text(row, token_texts, stop_text, end_ids) for row in generated.tolist())
-    return out
+    generated = greedy_generate(model, contexts, pad_id, end_ids, max_new_tokens, micro_batch_size)
+    return [cut_at_text(row, token_texts, stop_text, end_ids) for row in generated.tolist()]
+
+
+class RememberedContinuations:
+    """A :data:`ContinueFn` that generates each distinct context once: later calls with a context already seen (the
+    contrast target scores Y and Y' after the same prefixes; benchmark variants share them) reuse its continuation.
+
+    ``continuations`` holds every one generated so far, keyed by its context's bytes.
+    """
+
+    def __init__(self, continue_fn: ContinueFn) -> None:
+        self.continue_fn = continue_fn
+        self.continuations: dict[bytes, list[int]] = {}
+
+    def __call__(self, contexts: Sequence[torch.Tensor]) -> list[list[int]]:
+        keys = [context.cpu().numpy().tobytes() for context in contexts]
+        new = {key: context for key, context in zip(keys, contexts) if key not in self.continuations}
+        if new:
+            self.continuations.update(zip(new, self.continue_fn(list(new.values()))))
+        return [self.continuations[key] for key in keys]
 
 
 def lookahead_sequences(
@@ -123,3 +186,17 @@ def lookahead_sequences(
         extra = torch.tensor(continuation, dtype=sequence.dtype)
         out[n] = (b, i, torch.cat([sequence[:context_len], extra, sequence[context_len:]]), context_len + extra.numel())
     return out
+
+
+def continuation_metrics(continuations: Collection[list[int]], max_new_tokens: int) -> dict[str, float]:
+    """What the look-ahead judge generated in a step: ``acpo/lookahead/prefixes`` (contexts continued),
+    ``acpo/lookahead/tokens_mean`` (tokens kept per continuation) and ``acpo/lookahead/truncated_frac`` (the share
+    that reached ``max_new_tokens`` without an end token or the template: raise ``lookahead_max_new_tokens``)."""
+    if not continuations:
+        return {"acpo/lookahead/prefixes": 0.0}
+    lengths = torch.tensor([len(c) for c in continuations], dtype=torch.float32)
+    return {
+        "acpo/lookahead/prefixes": float(len(lengths)),
+        "acpo/lookahead/tokens_mean": float(lengths.mean()),
+        "acpo/lookahead/truncated_frac": float((lengths >= max_new_tokens).float().mean()),
+    }

@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
 
 from acpo_core.attribution import AttributionBatch, render_answer_batch  # noqa: E402
 from acpo_core.config import ACPOConfig  # noqa: E402
-from acpo_core.lookahead import greedy_continuations, lookahead_sequences  # noqa: E402
+from acpo_core.lookahead import RememberedContinuations, greedy_continuations, lookahead_sequences, stop_text_of  # noqa: E402
 from acpo_core.scoring import score_answer_loglik, score_answer_loglik_naive  # noqa: E402
 from acpo_core.segmentation import VocabTables, segmentation_from_boundaries  # noqa: E402
 from acpo_core.step import ACPOBatch, ACPOStepResult, compute_acpo_step  # noqa: E402
@@ -328,17 +328,10 @@ class LookaheadScorer(MemoScorer):
             pad_id=tokenizer.pad_token_id,
             end_ids={tokenizer.eos_token_id},
             token_texts=token_text_table(tokenizer),
-            stop_text=template.split("{answer}")[0].strip(),
+            stop_text=stop_text_of(template),
             max_new_tokens=max_new_tokens,
         )
-        self.continuations: dict[bytes, list[int]] = {}
-
-        def remembered(contexts: Sequence[torch.Tensor]) -> list[list[int]]:
-            new = {c.numpy().tobytes(): c for c in contexts if c.numpy().tobytes() not in self.continuations}
-            self.continuations |= dict(zip(new, continue_fn(list(new.values())))) if new else {}
-            return [self.continuations[c.numpy().tobytes()] for c in contexts]
-
-        sequences = partial(lookahead_sequences, continue_fn=remembered)
+        sequences = partial(lookahead_sequences, continue_fn=RememberedContinuations(continue_fn))
         self.score = partial(score_answer_loglik_naive, model, micro_batch_size=64, sequences=sequences)
 
 

@@ -1,6 +1,6 @@
 """Learning benchmark on the CPU testbed (issue 22): does step credit make RL learn faster or better than GRPO?
 
-Five arms at an equal budget, all from the same policy, data, steps, responses per step, learning rate, two-stage
+Six arms at an equal budget, all from the same policy, data, steps, responses per step, learning rate, two-stage
 schedule and seeds; only what defines an arm differs:
 
 - ``grpo``: (a) verl's GRPO estimator (``grpo_cpu_testbed``: single-turn rollouts, no curriculum, uniform token
@@ -12,6 +12,9 @@ schedule and seeds; only what defines an arm differs:
 - ``acpo``: (d) ACPO with the defaults (the attributed term redistributed per response, §4.1).
 - ``acpo_oracle``: (e) ACPO whose C comes from the step checker (-1 on the first wrong step, +1 elsewhere) through
   the same §4 (``acpo.attribution.judge=oracle``): the ceiling any attribution can reach on this testbed.
+- ``acpo_lookahead``: (f) ACPO with the look-ahead judge and value-only scoring (docs/algorithm.md §3.3:
+  ``acpo.attribution.judge=lookahead``, ``mode=naive``, ``score_tokens=value``), the judge the credit benchmark
+  measured closest to the oracle.
 
 Runs are paired by seed: a seed sets the data order (``data.seed``) and every rollout's random stream
 (``actor_rollout_ref.rollout.seed``), so the arms of one seed start from the same first rollouts. Each run:
@@ -61,13 +64,14 @@ from recipe.acpo.testbed.curve import accuracy_points
 from recipe.acpo.testbed.slips import credit_hit_rates
 from recipe.acpo.testbed.task import TaskSpec, add_task_arguments, task_arguments, task_spec
 
-ARMS = ("grpo", "acpo_noattr", "acpo_spec", "acpo", "acpo_oracle")
+ARMS = ("grpo", "acpo_noattr", "acpo_spec", "acpo", "acpo_oracle", "acpo_lookahead")
 ARM_LABELS = {
     "grpo": "(a) verl GRPO",
     "acpo_noattr": "(b) ACPO alpha=0",
     "acpo_spec": "(c) ACPO, spec credit",
     "acpo": "(d) ACPO, defaults",
     "acpo_oracle": "(e) ACPO, oracle credit",
+    "acpo_lookahead": "(f) ACPO, look-ahead judge",
 }
 # What defines each ACPO arm, on top of the shared overrides (the GRPO arm runs another config).
 ARM_OVERRIDES = {
@@ -75,6 +79,11 @@ ARM_OVERRIDES = {
     "acpo_spec": ("acpo.advantage.attr_total=added",),
     "acpo": (),
     "acpo_oracle": ("acpo.attribution.judge=oracle",),
+    "acpo_lookahead": (
+        "acpo.attribution.judge=lookahead",
+        "acpo.attribution.mode=naive",
+        "acpo.attribution.score_tokens=value",
+    ),
 }
 ARM_COLORS = {
     "grpo": "tab:blue",
@@ -82,6 +91,7 @@ ARM_COLORS = {
     "acpo_spec": "tab:purple",
     "acpo": "tab:green",
     "acpo_oracle": "tab:red",
+    "acpo_lookahead": "tab:brown",
 }
 REPORT_STEPS = (16, 24, 48)
 GAIN_POINTS = 10.0

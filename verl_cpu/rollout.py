@@ -83,7 +83,7 @@ class _PendingRequest:
     future: asyncio.Future = field(repr=False)
 
 
-def _eos_token_ids(model_config: HFModelConfig) -> set[int]:
+def eos_token_ids(model_config: HFModelConfig) -> set[int]:
     """Every token that ends a response: the generation config's eos ids (int or list) and the tokenizer's."""
     ids: set[int] = set()
     generation_eos = getattr(model_config.generation_config, "eos_token_id", None)
@@ -97,7 +97,8 @@ def _eos_token_ids(model_config: HFModelConfig) -> set[int]:
     return {int(i) for i in ids}
 
 
-def _pad_token_id(model_config: HFModelConfig, eos_ids: set[int]) -> int:
+def pad_token_id(model_config: HFModelConfig, eos_ids: set[int]) -> int:
+    """The tokenizer's pad id, else the smallest eos id."""
     pad = getattr(model_config.tokenizer, "pad_token_id", None)
     return int(pad) if pad is not None else min(eos_ids)
 
@@ -144,8 +145,8 @@ class CPURolloutServer:
             )
             self.has_weights = True
         self.model.eval()
-        self.eos_token_ids = _eos_token_ids(self.model_config)
-        self.pad_token_id = _pad_token_id(self.model_config, self.eos_token_ids)
+        self.eos_token_ids = eos_token_ids(self.model_config)
+        self.pad_token_id = pad_token_id(self.model_config, self.eos_token_ids)
         self.max_model_len = self.config.max_model_len or (self.config.prompt_length + self.config.response_length)
         if isinstance(self.config.seed, bool) or not isinstance(self.config.seed, int):
             raise ValueError(f"actor_rollout_ref.rollout.seed must be an integer, got {self.config.seed!r}")

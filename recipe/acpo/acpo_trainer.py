@@ -15,7 +15,8 @@ advantages back. The verl hooks the recipe overrides, in the order verl calls th
 7. ``_compute_advantage``: after verl's own pipeline (KL in reward, rollout correction, the estimator registered as
    ``acpo``, ``advantage_estimator.compute_grpo_base_advantage``: verl's GRPO, A_base of §1), reads the batch back,
    lays the step credit on top with ``compute_acpo_step`` and the workers' scoring (packed; verl's
-   ``compute_log_prob`` on K+1 sequences with ``acpo.attribution.mode=naive``), writes ``advantages`` and ``returns``
+   ``compute_log_prob`` on K+1 sequences with ``acpo.attribution.mode=naive``; with the look-ahead judge, §3.3, the
+   workers first continue each prefix greedily, ``generate_lookahead``), writes ``advantages`` and ``returns``
    (nested, as verl does) and logs the §9 metrics and the timings ``timing_s/acpo_segment`` and
    ``timing_s/acpo_attribution``.
 8. ``_save_checkpoint`` (CurriculumMixin): writes the pass-rate tracker beside verl's checkpoint.
@@ -32,6 +33,7 @@ Diagnostics: with the environment variable ``ACPO_ATTRIBUTION_CROSS_CHECK=1`` (s
 every step also scores the batch the other way (packed and naive, §3) and logs the largest differences
 ``acpo/check/answer_loglik_max_abs_diff`` and ``acpo/check/advantage_max_abs_diff``; the configured mode's
 advantages are the ones written. It costs a naive attribution pass per step: for checking a setup, not for training.
+The look-ahead judge (``acpo.attribution.judge=lookahead``) has no packed form and is not cross-checked.
 """
 
 from __future__ import annotations
@@ -59,14 +61,16 @@ from verl.workers.utils.padding import response_to_nested
 
 from acpo_core.attribution import AttributionBatch, ModelLimits
 from acpo_core.config import ACPOConfig
+from acpo_core.lookahead import RememberedContinuations, continuation_metrics, stop_text_of
 from acpo_core.segmentation import VocabTables
 from acpo_core.step import ACPOBatch, ACPOStepResult, compute_acpo_step
-from recipe.acpo.acpo_worker import ACPOActorRolloutRefWorker, score_answers
+from recipe.acpo.acpo_worker import ACPOActorRolloutRefWorker, continue_on_workers, score_answers
 from recipe.acpo.checkpoints import prune_step_folders
 from recipe.acpo.curriculum import CurriculumMixin
 from recipe.acpo.rollout_batch import ACPO_TQ_FIELDS, read_acpo_batch
 from recipe.acpo.step_dump import StepDumper, dump_directory, token_text_table
 from recipe.acpo.testbed.slips import first_wrong_tokens
+from verl_cpu.rollout import eos_token_ids, pad_token_id
 
 __all__ = ["ACPOTrainer"]
 
@@ -93,7 +97,8 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
     def _init_tokenizer(self) -> None:
         super()._init_tokenizer()
         self.vocab_tables = VocabTables.from_tokenizer(self.tokenizer, self.acpo_config.segmentation.markers)
-        hf_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.model).hf_config.get_text_config()
+        model_config = omega_conf_to_dataclass(self.config.actor_rollout_ref.model)
+        hf_config = model_config.hf_config.get_text_config()
         self.model_limits = ModelLimits(
             vocab_size=getattr(hf_config, "vocab_size", None),
             max_positions=getattr(hf_config, "max_position_embeddings", None),
@@ -101,8 +106,22 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
         cfg = self.acpo_config
         directory = dump_directory(cfg.dump, self.config.trainer.default_local_dir)
         self.step_dumper = StepDumper(cfg.dump, directory, cfg.stage, self.tokenizer)
-        # The oracle judge (§3.2) reads the step checker's first wrong equation off the response text.
-        self.token_texts = token_text_table(self.tokenizer) if cfg.attribution.judge == "oracle" else []
+        # The oracle judge (§3.2) reads the step checker's first wrong equation off the response text; the look-ahead
+        # judge (§3.3) cuts its continuations where they start writing the answer template.
+        judge = cfg.attribution.judge
+        self.token_texts = token_text_table(self.tokenizer) if judge in ("oracle", "lookahead") else []
+        self.lookahead_settings: dict[str, Any] = {}
+        if judge == "lookahead":
+            end_ids = eos_token_ids(model_config)
+            self.lookahead_settings = {
+                "pad_id": pad_token_id(model_config, end_ids),
+                "end_ids": sorted(end_ids),
+                "token_texts": self.token_texts,
+                "stop_text": stop_text_of(cfg.attribution.answer_template),
+                "max_new_tokens": cfg.attribution.lookahead_max_new_tokens
+                or int(self.config.actor_rollout_ref.rollout.response_length),
+                "micro_batch_size": cfg.attribution.lookahead_micro_batch_size,
+            }
 
     def _init_resource_pool_mgr(self) -> None:
         """verl's pools and roles, with the actor role played by the ACPO worker (attribution scoring)."""
@@ -129,11 +148,26 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
                 print(f"ACPO checkpoint retention (keep {keep}): removed {', '.join(str(f) for f in pruned)}")
 
     # ------------------------------------------------------------------ attribution on the workers
-    def _scorer(self, mode: str) -> Callable[[AttributionBatch], torch.Tensor]:
-        """Scores an attribution batch (§3) on the actor workers, the old policy (the actor is not updated yet)."""
+    def _scorer(
+        self, mode: str, continuations: RememberedContinuations | None = None
+    ) -> Callable[[AttributionBatch], torch.Tensor]:
+        """Scores an attribution batch (§3) on the actor workers, the old policy (the actor is not updated yet);
+        with ``continuations`` (the look-ahead judge, §3.3) after the workers' greedy continuation of each prefix."""
         return partial(
-            score_answers, self.actor_rollout_wg, mode=mode, config=self.config, acpo_config=self.acpo_config
+            score_answers,
+            self.actor_rollout_wg,
+            mode=mode,
+            config=self.config,
+            acpo_config=self.acpo_config,
+            continue_fn=continuations,
         )
+
+    def _lookahead_continuations(self) -> RememberedContinuations | None:
+        """A step's look-ahead continuations (§3.3), generated by the actor workers once per distinct prefix (the
+        contrast target scores Y and Y' after the same ones); None with another judge."""
+        if not self.lookahead_settings:
+            return None
+        return RememberedContinuations(partial(continue_on_workers, self.actor_rollout_wg, **self.lookahead_settings))
 
     # ------------------------------------------------------------------ the advantage step
     def _timing(self) -> dict[str, float]:
@@ -184,10 +218,15 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
         batch = super()._compute_advantage(batch, metrics)
         view, response_mask = self._read_acpo_batch(batch, tags)
         cfg = self.acpo_config
-        scorer = self._scorer(cfg.attribution.mode)
+        continuations = self._lookahead_continuations()
+        scorer = self._scorer(cfg.attribution.mode, continuations)
         result = compute_acpo_step(view, self.vocab_tables, cfg, scorer, self._timing(), self.model_limits)
         step_metrics = dict(result.metrics)
-        if self.cross_check_attribution:
+        if continuations is not None:
+            generated = continuations.continuations.values()
+            step_metrics.update(continuation_metrics(generated, self.lookahead_settings["max_new_tokens"]))
+        # The look-ahead judge has no packed counterpart to cross-check against (its sequences share no prefix).
+        if self.cross_check_attribution and cfg.attribution.judge != "lookahead":
             step_metrics.update(self._cross_check(view, result))
         for name, value in step_metrics.items():
             if not math.isfinite(value):

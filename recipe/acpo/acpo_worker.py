@@ -16,13 +16,18 @@ packed forward's attention implementation (flex_attention or sdpa instead of ver
 remove-padding) is switched for that forward only and restored afterwards
 (``acpo_core.scoring.attention_implementation``).
 
+``ACPOActorRolloutRefWorker.generate_lookahead`` serves the look-ahead judge (§3.3, ``acpo.attribution.judge=
+lookahead``): the old policy's greedy continuation of every prefix [q, o_<c_i], generated on the same FSDP model with
+Hugging Face's ``generate`` (``synced_gpus`` across ranks, after the ranks agree on a micro-batch count).
+
 The driver-side halves live here too, so that the scoring message has one owner: :func:`score_answers` is what the
 trainer calls, with the actor worker group, to score an ``acpo_core.attribution.AttributionBatch`` either way (§3):
 ``packed``, :func:`attribution_request` (the batch as a TensorDict for the worker, with the micro-batch size, the
 rollout temperature, the attention and :func:`attribution_token_budget`) sent to ``compute_answer_loglik``; or
 ``naive``, :func:`build_naive_log_prob_batch` (acpo_core's K+1 sequences ``[q, o_<c_i] + Y`` in verl's own
-no-padding layout) scored by verl's ``compute_log_prob`` and summed back per step. Either request is padded to the
-actor's data-parallel size (:func:`pad_rows_to_multiple`), as verl's dispatch needs.
+no-padding layout, or with the look-ahead judge ``[q, o_<c_i, g_i] + Y``, the continuations from
+:func:`continue_on_workers`) scored by verl's ``compute_log_prob`` and summed back per step. Either request is
+padded to the actor's data-parallel size (:func:`pad_rows_to_multiple`), as verl's dispatch needs.
 """
 
 from __future__ import annotations
@@ -40,19 +45,22 @@ from verl.utils.device import get_device_id, get_device_name
 from verl.workers.engine_workers import ActorRolloutRefWorker
 from verl.workers.utils.padding import response_from_nested
 
-from acpo_core.attribution import AttributionBatch, check_attribution_batch, naive_sequences
+from acpo_core.attribution import AttributionBatch, ScoringJob, check_attribution_batch, naive_sequences
 from acpo_core.config import ACPOConfig
-from acpo_core.scoring import check_scoring_inputs, plan_scoring, score_answer_loglik
+from acpo_core.lookahead import ContinueFn, cut_at_text, greedy_generate, lookahead_sequences
+from acpo_core.scoring import attention_implementation, check_scoring_inputs, plan_scoring, score_answer_loglik
 from recipe.acpo.rollout_batch import nested_lengths
 
 __all__ = [
     "ANSWER_LOGLIK_KEY",
+    "CONTINUATIONS_KEY",
     "ACPOActorRolloutRefWorker",
     "actor_dp_size",
     "attribution_batch_from_request",
     "attribution_request",
     "attribution_token_budget",
     "build_naive_log_prob_batch",
+    "continue_on_workers",
     "pad_rows_to_multiple",
     "score_answers",
 ]
@@ -60,6 +68,10 @@ __all__ = [
 ANSWER_LOGLIK_KEY = "answer_loglik"
 # Scoring settings carried as non-tensor data of the request (token_budget 0: no budget).
 SCORING_DEFAULTS: dict[str, Any] = {"micro_batch_size": 8, "temperature": 1.0, "attention": "auto", "token_budget": 0}
+# The look-ahead judge's generation settings (pad_id -1: unset; end_ids: comma-separated, as one non-tensor value).
+LOOKAHEAD_DEFAULTS: dict[str, Any] = {"max_new_tokens": 64, "micro_batch_size": 64, "pad_id": -1, "end_ids": ""}
+CONTINUATIONS_KEY = "continuations"
+CONTEXTS_KEY = "contexts"
 SUPPORTED_STRATEGIES = ("fsdp", "fsdp2")
 
 
@@ -136,6 +148,55 @@ class ACPOActorRolloutRefWorker(ActorRolloutRefWorker):
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
         return int(flags[0]), bool(flags[1])
 
+    def _autocast(self) -> Any:
+        """The autocast of verl's log-prob pass (its engine's dtype), or none in float32."""
+        autocast_dtype = getattr(self.actor.engine, "_autocast_dtype", torch.float32)
+        if autocast_dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(device_type=get_device_name(), dtype=autocast_dtype)
+
+    @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
+    def generate_lookahead(self, data: TensorDict) -> TensorDict:
+        """§3.3: the old policy's greedy continuation of each context, uncut, as ``continuations`` [N, max_new_tokens]
+        (``pad_id`` after an end token).
+
+        ``data`` (:func:`continue_on_workers`): ``contexts`` (jagged, [q, o_<c_i] each) plus the settings of
+        ``LOOKAHEAD_DEFAULTS``. The ranks agree on the largest micro-batch count first and generate with
+        ``synced_gpus``, so every rank runs the same number of forward passes (FSDP's parameter gathers). Generation
+        runs on the actor's own model under sdpa attention (verl's remove-padding patches expect packed inputs) and
+        the log-prob pass's autocast; under FSDP1 the root's parameters are gathered around it, as verl's HF rollout
+        does.
+        """
+        self._check_acpo_support()
+        settings = {key: tu.get_non_tensor_data(data, key, default=value) for key, value in LOOKAHEAD_DEFAULTS.items()}
+        end_ids = [int(token) for token in str(settings["end_ids"]).split(",") if token]
+        if int(settings["pad_id"]) < 0 or not end_ids:
+            raise ValueError(f"generate_lookahead needs pad_id and end_ids, got {settings}")
+        contexts = list(data[CONTEXTS_KEY].unbind())
+        micro_batch_size = int(settings["micro_batch_size"])
+        micro_batches, _ = self._agree_across_ranks(-(-len(contexts) // micro_batch_size), False)
+        engine = self.actor.engine
+        model = engine.module
+        gathered = nullcontext()
+        if isinstance(model, torch.distributed.fsdp.FullyShardedDataParallel):
+            # recurse=False: the root's own parameters (embeddings, head); the nested units gather in their forwards.
+            gathered = torch.distributed.fsdp.FullyShardedDataParallel.summon_full_params(
+                model, writeback=False, recurse=False
+            )
+        synced = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+        with engine.eval_mode(), torch.no_grad(), self._autocast(), attention_implementation(model, "sdpa"), gathered:
+            continuations = greedy_generate(
+                model,
+                contexts,
+                pad_id=int(settings["pad_id"]),
+                end_ids=end_ids,
+                max_new_tokens=int(settings["max_new_tokens"]),
+                micro_batch_size=micro_batch_size,
+                min_micro_batches=micro_batches,
+                synced_gpus=synced,
+            )
+        return TensorDict({CONTINUATIONS_KEY: continuations}, batch_size=[len(contexts)])
+
     @register(dispatch_mode=make_nd_compute_dataproto_dispatch_fn(mesh_name="actor"))
     def compute_answer_loglik(self, data: TensorDict) -> TensorDict:
         """§3: L [N, Kmax+1] (float32) of this rank's share of responses, as ``answer_loglik``.
@@ -173,13 +234,7 @@ class ACPOActorRolloutRefWorker(ActorRolloutRefWorker):
         micro_batches, failed = self._agree_across_ranks(micro_batches, error is not None)
         if failed:
             raise RuntimeError(error or f"compute_answer_loglik on rank {rank}: another rank's share is bad (see it)")
-        autocast_dtype = getattr(engine, "_autocast_dtype", torch.float32)
-        autocast = (
-            nullcontext()
-            if autocast_dtype == torch.float32
-            else torch.autocast(device_type=get_device_name(), dtype=autocast_dtype)
-        )
-        with engine.eval_mode(), torch.no_grad(), autocast:
+        with engine.eval_mode(), torch.no_grad(), self._autocast():
             scores = score_answer_loglik(
                 model,
                 inputs,
@@ -193,11 +248,14 @@ class ACPOActorRolloutRefWorker(ActorRolloutRefWorker):
         return TensorDict({ANSWER_LOGLIK_KEY: scores.float().cpu()}, batch_size=[len(inputs)])
 
 
-def build_naive_log_prob_batch(inputs: AttributionBatch, temperature: float) -> tuple[TensorDict, torch.Tensor]:
+def build_naive_log_prob_batch(
+    inputs: AttributionBatch, temperature: float, jobs: list[ScoringJob] | None = None
+) -> tuple[TensorDict, torch.Tensor]:
     """§3 reference path in verl's layout: one sequence ``[q, o_<c_i] + Y`` per response and i = 0..K.
 
-    The sequences (:func:`acpo_core.attribution.naive_sequences`) use verl's no-padding (jagged) fields, as its agent
-    loop writes them: ``prompts`` = q and the response prefix, ``responses`` = Y, ``input_ids``, ``attention_mask``,
+    The sequences (``jobs``; default :func:`acpo_core.attribution.naive_sequences`, the look-ahead judge's are
+    :func:`acpo_core.lookahead.lookahead_sequences`) use verl's no-padding (jagged) fields, as its agent loop writes
+    them: ``prompts`` = q and the response prefix, ``responses`` = Y, ``input_ids``, ``attention_mask``,
     ``position_ids`` (0..len-1), ``response_mask`` and ``loss_mask`` (ones over Y); verl's ``compute_log_prob`` then
     gives the log-probability of every answer token.
 
@@ -206,7 +264,8 @@ def build_naive_log_prob_batch(inputs: AttributionBatch, temperature: float) -> 
     Raises:
         ValueError: see :func:`acpo_core.attribution.check_attribution_batch`.
     """
-    jobs = naive_sequences(inputs, check_attribution_batch(inputs))
+    if jobs is None:
+        jobs = naive_sequences(inputs, check_attribution_batch(inputs))
     sequences = [sequence for _, _, sequence, _ in jobs]
     contexts = [sequence[:context_len] for _, _, sequence, context_len in jobs]
     answers = [sequence[context_len:] for _, _, sequence, context_len in jobs]
@@ -251,16 +310,54 @@ def actor_dp_size(worker_group: Any) -> int:
     return max(worker_group._dispatch_info["actor"]) + 1
 
 
+def continue_on_workers(
+    worker_group: Any,
+    contexts: list[torch.Tensor],
+    *,
+    pad_id: int,
+    end_ids: list[int],
+    token_texts: list[str],
+    stop_text: str,
+    max_new_tokens: int,
+    micro_batch_size: int,
+) -> list[list[int]]:
+    """§3.3's :data:`acpo_core.lookahead.ContinueFn` on the actor workers: their greedy continuation of each context
+    (:meth:`ACPOActorRolloutRefWorker.generate_lookahead`), cut by :func:`acpo_core.lookahead.cut_at_text`."""
+    if not contexts:
+        return []
+    request = tu.get_tensordict({CONTEXTS_KEY: torch.nested.as_nested_tensor(contexts, layout=torch.jagged)})
+    tu.assign_non_tensor(
+        request,
+        max_new_tokens=int(max_new_tokens),
+        micro_batch_size=int(micro_batch_size),
+        pad_id=int(pad_id),
+        end_ids=",".join(str(int(token)) for token in end_ids),
+    )
+    request, num_rows = pad_rows_to_multiple(request, actor_dp_size(worker_group))
+    generated = worker_group.generate_lookahead(request)[CONTINUATIONS_KEY][:num_rows]
+    ends = set(end_ids)
+    return [cut_at_text(row, token_texts, stop_text, ends) for row in generated.tolist()]
+
+
 def score_answers(
-    worker_group: Any, inputs: AttributionBatch, mode: str, config: DictConfig, acpo_config: ACPOConfig
+    worker_group: Any,
+    inputs: AttributionBatch,
+    mode: str,
+    config: DictConfig,
+    acpo_config: ACPOConfig,
+    continue_fn: ContinueFn | None = None,
 ) -> torch.Tensor:
     """L [R, max_steps + 1] of §3, on the actor workers of ``worker_group`` (the old policy before the update).
 
     ``mode`` ``packed``: the workers' packed scoring (:meth:`ACPOActorRolloutRefWorker.compute_answer_loglik`);
-    ``naive``: verl's ``compute_log_prob`` on K+1 sequences (:func:`build_naive_log_prob_batch`). ``config`` is the
-    run's verl config (the rollout temperature, the log-prob pass's micro-batching), ``acpo_config`` its ``acpo:``
-    block (``acpo.attribution``).
+    ``naive``: verl's ``compute_log_prob`` on K+1 sequences (:func:`build_naive_log_prob_batch`), with
+    ``continue_fn`` (the look-ahead judge, §3.3: :func:`continue_on_workers`) the sequences
+    ``[q, o_<c_i, g_i, Y]`` of :func:`acpo_core.lookahead.lookahead_sequences`. ``config`` is the run's verl config
+    (the rollout temperature, the log-prob pass's micro-batching), ``acpo_config`` its ``acpo:`` block
+    (``acpo.attribution``).
     """
+    if continue_fn is not None and mode != "naive":
+        raise ValueError(f"the look-ahead judge scores through verl's compute_log_prob (mode naive), not {mode!r}")
     attribution = acpo_config.attribution
     temperature = float(config.actor_rollout_ref.rollout.temperature)
     dp_size = actor_dp_size(worker_group)
@@ -271,7 +368,8 @@ def score_answers(
         output = worker_group.compute_answer_loglik(request)
         return output[ANSWER_LOGLIK_KEY][:num_rows].float()
     # Reference path: verl's own log-prob pass on K+1 separate sequences per response.
-    request, owners = build_naive_log_prob_batch(inputs, temperature)
+    jobs = None if continue_fn is None else lookahead_sequences(inputs, check_attribution_batch(inputs), continue_fn)
+    request, owners = build_naive_log_prob_batch(inputs, temperature, jobs)
     rollout = config.actor_rollout_ref.rollout
     multiple = dp_size
     if not rollout.get("log_prob_use_dynamic_bsz", False):

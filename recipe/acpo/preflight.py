@@ -57,7 +57,8 @@ def check_acpo_trainer(config: DictConfig, acpo_config: ACPOConfig) -> None:
     """For ``algorithm.adv_estimator=acpo``: the settings ``ACPOTrainer`` needs, beside the parsed ``acpo:`` block.
 
     Raises ``SetupError`` naming the key for: a critic, verl's log-prob bypass mode (no old-policy entropy), fused
-    kernels with packed attribution (no logits), sequence parallelism with packed attribution, and a Stage-2 run whose
+    kernels with packed attribution (no logits), sequence parallelism with packed attribution or the look-ahead judge,
+    the look-ahead judge on an engine other than FSDP, and a Stage-2 run whose
     ``actor_rollout_ref.model.path`` is not a Hugging Face folder (§8: the merged Stage-1 checkpoint). Other
     estimators run on verl's own trainer and are not checked here.
     """
@@ -86,6 +87,20 @@ def check_acpo_trainer(config: DictConfig, acpo_config: ACPOConfig) -> None:
                     f"{key}={size}: packed attribution scores whole sequences on every Ulysses rank (SP times the "
                     "cost, none of the memory saving); set it to 1 or acpo.attribution.mode=naive (verl's own "
                     "compute_log_prob, which splits sequences across the SP group)"
+                )
+    if acpo_config.attribution.judge == "lookahead":
+        strategy = OmegaConf.select(config, "actor_rollout_ref.actor.strategy", default="fsdp")
+        if strategy not in ("fsdp", "fsdp2"):
+            raise SetupError(
+                f"actor_rollout_ref.actor.strategy={strategy}: the look-ahead judge (acpo.attribution.judge=lookahead) "
+                "generates on the actor's FSDP model; use fsdp or fsdp2, or another judge"
+            )
+        for key in SEQUENCE_PARALLEL_KEYS:
+            size = OmegaConf.select(config, key, default=1) or 1
+            if int(size) > 1:
+                raise SetupError(
+                    f"{key}={size}: the look-ahead judge generates whole sequences on each rank, which Ulysses "
+                    "sequence parallelism's attention cannot run; set it to 1 or use another judge"
                 )
     if acpo_config.stage == 2:
         try:

@@ -15,13 +15,23 @@ from verl.workers.utils.padding import response_from_nested
 
 from acpo_core.attribution import AttributionBatch
 from acpo_core.config import ACPOConfig
+from acpo_core.lookahead import (
+    RememberedContinuations,
+    greedy_continuations,
+    greedy_generate,
+    lookahead_sequences,
+)
 from acpo_core.scoring import attention_implementation, score_answer_loglik, score_answer_loglik_naive
 from recipe.acpo.acpo_worker import (
     ANSWER_LOGLIK_KEY,
+    CONTEXTS_KEY,
+    CONTINUATIONS_KEY,
+    LOOKAHEAD_DEFAULTS,
     attribution_batch_from_request,
     attribution_request,
     attribution_token_budget,
     build_naive_log_prob_batch,
+    continue_on_workers,
     pad_rows_to_multiple,
     score_answers,
 )
@@ -178,6 +188,19 @@ class _ActorWorkers:
         self.requests.append(request)
         return TensorDict({"log_probs": _verl_style_log_probs(self.model, request)}, batch_size=[len(request)])
 
+    def generate_lookahead(self, request: TensorDict) -> TensorDict:
+        self.requests.append(request)
+        settings = {key: tu.get_non_tensor_data(request, key, None) for key in LOOKAHEAD_DEFAULTS}
+        out = greedy_generate(
+            self.model,
+            list(request[CONTEXTS_KEY].unbind()),
+            settings["pad_id"],
+            [int(token) for token in settings["end_ids"].split(",")],
+            settings["max_new_tokens"],
+            settings["micro_batch_size"],
+        )
+        return TensorDict({CONTINUATIONS_KEY: out}, batch_size=[len(request)])
+
 
 @torch.no_grad()
 @pytest.mark.parametrize("mode", ["packed", "naive"])
@@ -194,3 +217,39 @@ def test_score_answers_sends_a_padded_request_and_returns_the_real_rows(
     assert [len(request) for request in workers.requests] == [3 if mode == "packed" else 9]
     assert workers._dispatch_info == {"actor": [0, 1, 2]}
     torch.testing.assert_close(scores, score_answer_loglik_naive(model, inputs, micro_batch_size=4), atol=1e-4, rtol=0)
+
+
+@torch.no_grad()
+def test_the_lookahead_judge_generates_on_the_workers_then_scores_with_verls_log_prob_pass(
+    model: Any, qwen_tokenizer: Any
+) -> None:
+    from functools import partial
+
+    from recipe.acpo.step_dump import token_text_table
+
+    inputs = _inputs(qwen_tokenizer)
+    workers = _ActorWorkers(model)
+    rollout = {"temperature": 1.0, "log_prob_use_dynamic_bsz": False, "log_prob_micro_batch_size_per_gpu": 3}
+    config = OmegaConf.create({"actor_rollout_ref": {"rollout": rollout}})
+    acpo_config = ACPOConfig.from_dict({"attribution": {"judge": "lookahead", "mode": "naive"}})
+    pad, eos = qwen_tokenizer.pad_token_id, qwen_tokenizer.eos_token_id
+    cut = {"token_texts": token_text_table(qwen_tokenizer), "stop_text": "Answer:", "max_new_tokens": 6}
+    continue_fn = partial(continue_on_workers, workers, pad_id=pad, end_ids=[eos], micro_batch_size=2, **cut)
+    scores = score_answers(workers, inputs, "naive", config, acpo_config, RememberedContinuations(continue_fn))
+    # The 5 open prefixes (2 + 3 steps) padded to the 3 ranks, then 7 look-ahead sequences padded to 3 x 3.
+    assert [len(request) for request in workers.requests] == [6, 9]
+    reference = partial(greedy_continuations, model, pad_id=pad, end_ids={eos}, micro_batch_size=2, **cut)
+    continuations = reference([c for _, i, s, n in _open_jobs(inputs) for c in [s[:n]]])
+    assert any(continuations), "no prefix was continued: the comparison would be the naive judge's"
+    sequences = partial(lookahead_sequences, continue_fn=reference)
+    expected = score_answer_loglik_naive(model, inputs, micro_batch_size=4, sequences=sequences)
+    torch.testing.assert_close(scores, expected, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="mode naive"):
+        score_answers(workers, inputs, "packed", config, acpo_config, continue_fn)
+
+
+def _open_jobs(inputs: AttributionBatch) -> list[Any]:
+    from acpo_core.attribution import check_attribution_batch, naive_sequences
+
+    lengths = check_attribution_batch(inputs)
+    return [job for job in naive_sequences(inputs, lengths) if job[1] < int(lengths.num_steps[job[0]])]

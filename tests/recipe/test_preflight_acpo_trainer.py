@@ -64,3 +64,17 @@ def test_packed_attribution_refuses_sequence_parallel_naming_the_key(key: str) -
         _check(_verl_config(**{key: 2}))
     # verl's own compute_log_prob (naive mode) splits sequences across the SP group: allowed.
     assert _check(_verl_config(**{key: 2, "acpo.attribution.mode": "naive"})).stage == 1
+
+
+LOOKAHEAD = {"acpo.attribution.judge": "lookahead", "acpo.attribution.mode": "naive"}
+
+
+def test_the_lookahead_judge_needs_an_fsdp_actor_without_sequence_parallelism() -> None:
+    assert _check(_verl_config(**LOOKAHEAD, **{"actor_rollout_ref.actor.strategy": "fsdp2"})).attribution.judge == (
+        "lookahead"
+    )
+    with pytest.raises(SetupError, match=r"actor_rollout_ref.actor.strategy=megatron: the look-ahead judge"):
+        _check(_verl_config(**LOOKAHEAD, **{"actor_rollout_ref.actor.strategy": "megatron"}))
+    key = "actor_rollout_ref.actor.ulysses_sequence_parallel_size"
+    with pytest.raises(SetupError, match=rf"{key}=2: the look-ahead judge"):
+        _check(_verl_config(**LOOKAHEAD, **{key: 2}))
