@@ -18,7 +18,8 @@ advantages back. The verl hooks the recipe overrides, in the order verl calls th
    ``compute_log_prob`` on K+1 sequences with ``acpo.attribution.mode=naive``; with the look-ahead judge, §3.3, the
    workers first continue each prefix greedily, ``generate_lookahead``), writes ``advantages`` and ``returns``
    (nested, as verl does) and logs the §9 metrics and the timings ``timing_s/acpo_segment`` and
-   ``timing_s/acpo_attribution``.
+   ``timing_s/acpo_attribution`` (with the look-ahead judge, ``timing_s/acpo_lookahead``, its generation, within it,
+   and ``acpo/lookahead/*``).
 8. ``_save_checkpoint`` (CurriculumMixin): writes the pass-rate tracker beside verl's checkpoint.
    (ACPOTrainer) then prunes ``global_step_N`` folders beyond ``trainer.max_actor_ckpt_to_keep``, earlier runs' too.
 
@@ -167,7 +168,13 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
         contrast target scores Y and Y' after the same ones); None with another judge."""
         if not self.lookahead_settings:
             return None
-        return RememberedContinuations(partial(continue_on_workers, self.actor_rollout_wg, **self.lookahead_settings))
+        generate = partial(continue_on_workers, self.actor_rollout_wg, **self.lookahead_settings)
+
+        def timed(contexts: Sequence[torch.Tensor]) -> list[list[int]]:
+            with marked_timer("acpo_lookahead", self._timing()):
+                return generate(list(contexts))
+
+        return RememberedContinuations(timed)
 
     # ------------------------------------------------------------------ the advantage step
     def _timing(self) -> dict[str, float]:
