@@ -123,7 +123,7 @@ class AttributionConfig:
     max_tokens_per_micro_batch: int | None = None
     # Credit variants (ours, docs/algorithm.md §3.2); the defaults are the §3 reading of the spec.
     # judge: "policy" scores L_i with the old policy (§3); "lookahead" (§3.3) scores L_i after the old policy's greedy
-    # continuation of each prefix (scored by verl's compute_log_prob: mode naive); "oracle" takes C from labelled
+    # continuation of each prefix; "oracle" takes C from labelled
     # first wrong steps (-1 on the step holding the first wrong token, +1 elsewhere; the testbed's step checker), the
     # ceiling of any attribution.
     judge: Literal["policy", "lookahead", "oracle"] = "policy"
@@ -184,13 +184,6 @@ class AttributionConfig:
         if self.lookahead_max_new_tokens is not None:
             _check_int(self, prefix, "lookahead_max_new_tokens", 1)
         _check_int(self, prefix, "lookahead_micro_batch_size", 1)
-        # The look-ahead sequences [q, o_<c_i, g_i, Y] share no prefix, which the packed layout needs.
-        _require(
-            self.judge != "lookahead" or self.mode == "naive",
-            f"{prefix}.mode",
-            "must be naive with judge=lookahead (its sequences share no prefix, which the packed layout needs)",
-            self.mode,
-        )
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,18 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Callable, Collection, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 
-from acpo_core.attribution import AttributionBatch, AttributionLengths, ScoringJob, naive_sequences
+from acpo_core.attribution import (
+    AttributionBatch,
+    AttributionLengths,
+    ScoringJob,
+    check_attribution_batch,
+    naive_sequences,
+)
 
 __all__ = [
     "ContinueFn",
@@ -36,7 +43,9 @@ __all__ = [
     "cut_at_text",
     "greedy_continuations",
     "greedy_generate",
+    "lookahead_batch",
     "lookahead_sequences",
+    "score_lookahead",
     "stop_text_of",
 ]
 
@@ -186,6 +195,67 @@ def lookahead_sequences(
         extra = torch.tensor(continuation, dtype=sequence.dtype)
         out[n] = (b, i, torch.cat([sequence[:context_len], extra, sequence[context_len:]]), context_len + extra.numel())
     return out
+
+
+def lookahead_batch(
+    batch: AttributionBatch, lengths: AttributionLengths, continue_fn: ContinueFn
+) -> tuple[AttributionBatch, torch.Tensor, torch.Tensor]:
+    """§3.3 in the layout every scorer takes: each distinct look-ahead context as a one-step response.
+
+    Job (b, i) of :func:`lookahead_sequences` becomes a row with prompt q_b, response ``[o_{b,<c_i}, g_{b,i}]`` (one
+    step, boundaries [0, T'], possibly the empty step [0, 0]) and b's answer row; its L_1 (= its L_0 when the response
+    is empty) is L_{b,i}^look. Identical rows (the prompt-only context i = 0 of a group's responses, repeated
+    responses) are kept once, so the packed scorer (§3.1) scores the judge in one pass of J <= sum_b (K_b + 1) rows.
+
+    Returns:
+        (the J-row batch, ``row_of_job`` [sum_b (K_b + 1)] long: the row that scores each job, ``owners``
+        [sum_b (K_b + 1), 2] long: the job's (b, i)), jobs in :func:`lookahead_sequences` order.
+    """
+    jobs = lookahead_sequences(batch, lengths, continue_fn)
+    rows: dict[tuple[bytes, ...], int] = {}
+    prompts: list[torch.Tensor] = []
+    responses: list[torch.Tensor] = []
+    answer_of_row: list[int] = []
+    row_of_job: list[int] = []
+    for b, _, sequence, context_len in jobs:
+        context = sequence[:context_len]
+        answer = batch.answer_ids[b] * batch.answer_mask[b]
+        key = tuple(t.cpu().numpy().tobytes() for t in (context, answer, batch.answer_scored[b]))
+        if key not in rows:
+            rows[key] = len(prompts)
+            prompts.append(context[: int(lengths.prompt[b])])
+            responses.append(context[int(lengths.prompt[b]) :])
+            answer_of_row.append(b)
+        row_of_job.append(rows[key])
+    pad = partial(torch.nn.utils.rnn.pad_sequence, batch_first=True, padding_value=0)
+    response_len = torch.tensor([r.numel() for r in responses], dtype=torch.long)
+    answers = torch.tensor(answer_of_row, dtype=torch.long, device=batch.answer_ids.device)
+    device = batch.prompt_ids.device
+    looked = AttributionBatch(
+        prompt_ids=pad(prompts, padding_side="left").to(device),
+        prompt_mask=pad([torch.ones_like(p) for p in prompts], padding_side="left").to(device),
+        response_ids=pad(responses).reshape(len(responses), -1).to(device),
+        response_mask=pad([torch.ones_like(r) for r in responses]).reshape(len(responses), -1).to(device),
+        boundaries=torch.stack([torch.zeros_like(response_len), response_len], dim=1).to(device),
+        num_steps=torch.ones(len(responses), dtype=torch.long, device=device),
+        answer_ids=batch.answer_ids[answers],
+        answer_mask=batch.answer_mask[answers],
+        answer_scored=batch.answer_scored[answers],
+    )
+    owners = torch.tensor([(b, i) for b, i, _, _ in jobs], dtype=torch.long).reshape(-1, 2)
+    return looked, torch.tensor(row_of_job, dtype=torch.long), owners
+
+
+def score_lookahead(
+    batch: AttributionBatch, continue_fn: ContinueFn, score_fn: Callable[[AttributionBatch], torch.Tensor]
+) -> torch.Tensor:
+    """§3.3: L^look [B, Kmax+1] (float32; 0 beyond K_b) of ``batch``, with any §3 scorer ``score_fn`` (packed on the
+    workers, :func:`acpo_core.scoring.score_answer_loglik` locally) run once on :func:`lookahead_batch`."""
+    looked, row_of_job, owners = lookahead_batch(batch, check_attribution_batch(batch), continue_fn)
+    row_scores = score_fn(looked)[:, 1].float().cpu()
+    scores = torch.zeros(batch.boundaries.shape, dtype=torch.float32)
+    scores[owners[:, 0], owners[:, 1]] = row_scores[row_of_job]
+    return scores.to(batch.prompt_ids.device)
 
 
 def continuation_metrics(continuations: Collection[list[int]], max_new_tokens: int) -> dict[str, float]:

@@ -25,8 +25,8 @@ trainer calls, with the actor worker group, to score an ``acpo_core.attribution.
 ``packed``, :func:`attribution_request` (the batch as a TensorDict for the worker, with the micro-batch size, the
 rollout temperature, the attention and :func:`attribution_token_budget`) sent to ``compute_answer_loglik``; or
 ``naive``, :func:`build_naive_log_prob_batch` (acpo_core's K+1 sequences ``[q, o_<c_i] + Y`` in verl's own
-no-padding layout, or with the look-ahead judge ``[q, o_<c_i, g_i] + Y``, the continuations from
-:func:`continue_on_workers`) scored by verl's ``compute_log_prob`` and summed back per step. Either request is
+no-padding layout) scored by verl's ``compute_log_prob`` and summed back per step. With the look-ahead judge the
+contexts first get the continuations of :func:`continue_on_workers` (§3.3), either way. Either request is
 padded to the actor's data-parallel size (:func:`pad_rows_to_multiple`), as verl's dispatch needs.
 """
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import fields
+from functools import partial
 from typing import Any
 
 import torch
@@ -47,7 +48,7 @@ from verl.workers.utils.padding import response_from_nested
 
 from acpo_core.attribution import AttributionBatch, ScoringJob, check_attribution_batch, naive_sequences
 from acpo_core.config import ACPOConfig
-from acpo_core.lookahead import ContinueFn, cut_at_text, greedy_generate, lookahead_sequences
+from acpo_core.lookahead import ContinueFn, cut_at_text, greedy_generate, lookahead_sequences, score_lookahead
 from acpo_core.scoring import attention_implementation, check_scoring_inputs, plan_scoring, score_answer_loglik
 from recipe.acpo.rollout_batch import nested_lengths
 
@@ -350,14 +351,17 @@ def score_answers(
     """L [R, max_steps + 1] of §3, on the actor workers of ``worker_group`` (the old policy before the update).
 
     ``mode`` ``packed``: the workers' packed scoring (:meth:`ACPOActorRolloutRefWorker.compute_answer_loglik`);
-    ``naive``: verl's ``compute_log_prob`` on K+1 sequences (:func:`build_naive_log_prob_batch`), with
-    ``continue_fn`` (the look-ahead judge, §3.3: :func:`continue_on_workers`) the sequences
-    ``[q, o_<c_i, g_i, Y]`` of :func:`acpo_core.lookahead.lookahead_sequences`. ``config`` is the run's verl config
-    (the rollout temperature, the log-prob pass's micro-batching), ``acpo_config`` its ``acpo:`` block
-    (``acpo.attribution``).
+    ``naive``: verl's ``compute_log_prob`` on K+1 sequences (:func:`build_naive_log_prob_batch`). With
+    ``continue_fn`` (the look-ahead judge, §3.3: :func:`continue_on_workers`) the contexts carry the policy's
+    continuations: packed, :func:`acpo_core.lookahead.score_lookahead` (each distinct context a one-step response);
+    naive, the sequences ``[q, o_<c_i, g_i, Y]`` of :func:`acpo_core.lookahead.lookahead_sequences`. ``config`` is
+    the run's verl config (the rollout temperature, the log-prob pass's micro-batching), ``acpo_config`` its ``acpo:``
+    block (``acpo.attribution``).
     """
-    if continue_fn is not None and mode != "naive":
-        raise ValueError(f"the look-ahead judge scores through verl's compute_log_prob (mode naive), not {mode!r}")
+    if continue_fn is not None and mode == "packed":
+        # One packed pass over every distinct look-ahead context as a one-step response (§3.3).
+        packed = partial(score_answers, worker_group, mode="packed", config=config, acpo_config=acpo_config)
+        return score_lookahead(inputs, continue_fn, packed)
     attribution = acpo_config.attribution
     temperature = float(config.actor_rollout_ref.rollout.temperature)
     dp_size = actor_dp_size(worker_group)

@@ -58,7 +58,6 @@ def test_round_trips_through_to_dict() -> None:
         ({"attribution": {"answer_template": "The answer is"}}, "acpo.attribution.answer_template"),
         ({"attribution": {"answer_template": "\\boxed{{answer}}"}}, "acpo.attribution.answer_template"),
         ({"attribution": {"mode": "fast"}}, "acpo.attribution.mode"),
-        ({"attribution": {"judge": "lookahead"}}, "acpo.attribution.mode"),  # packed: no prefix shared
         (
             {"attribution": {"judge": "lookahead", "mode": "naive", "lookahead_max_new_tokens": 0}},
             "acpo.attribution.lookahead_max_new_tokens",
@@ -82,6 +81,6 @@ def test_boxed_template_with_escaped_braces_is_accepted() -> None:
     assert cfg.attribution.answer_template.format(answer="42") == "\\boxed{42}"
 
 
-def test_the_lookahead_judge_scores_the_naive_way_with_its_length_left_to_the_rollout() -> None:
-    cfg = ACPOConfig.from_dict({"attribution": {"judge": "lookahead", "mode": "naive"}})
+def test_the_lookahead_judge_leaves_its_length_to_the_rollout() -> None:
+    cfg = ACPOConfig.from_dict({"attribution": {"judge": "lookahead"}})
     assert (cfg.attribution.lookahead_max_new_tokens, cfg.attribution.lookahead_micro_batch_size) == (None, 64)

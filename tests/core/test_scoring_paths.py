@@ -6,6 +6,7 @@ CPU); the token-budget case adds padded lengths and is marked e2e.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 from typing import Any
@@ -249,3 +250,35 @@ def test_remembered_continuations_generate_each_distinct_context_once() -> None:
     assert remembered([a, b, a.clone()]) == [[3], [3], [3]]
     assert remembered([b, torch.tensor([4, 4])]) == [[3], [8]]
     assert generated == [[1, 2], [3], [4, 4]]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "flex"])
+def test_the_lookahead_judge_scored_packed_equals_its_naive_reference(
+    model: Any, batch: AttributionBatch, attention: str
+) -> None:
+    from functools import partial
+
+    from acpo_core.lookahead import lookahead_batch, lookahead_sequences, score_lookahead
+
+    # A repeated response (its rows are scored once), and value-only scoring on one row (the mask travels along).
+    doubled = batch.select(torch.tensor([0, 0, 1, 2, 3]))
+    scored = doubled.answer_scored.clone()
+    scored[4, 0] = 0
+    doubled = dataclasses.replace(doubled, answer_scored=scored)
+
+    def continue_fn(contexts: list[torch.Tensor]) -> list[list[int]]:
+        # Some continuations empty, the others the context's last one or two tokens (a continuation of a context).
+        return [context[-(c.numel() % 3) :].tolist() if c.numel() % 3 else [] for c in contexts for context in [c]]
+
+    looked, row_of_job, owners = lookahead_batch(doubled, check_attribution_batch(doubled), continue_fn)
+    jobs = int((doubled.num_steps + 1).sum())
+    assert owners.shape == (jobs, 2) and row_of_job.shape == (jobs,)
+    assert len(looked) < jobs  # row 0's repeat and the prompt-only contexts of identical prompts
+    assert (looked.num_steps == 1).all()
+    packed = score_lookahead(
+        doubled, continue_fn, partial(score_answer_loglik, model, micro_batch_size=8, attention=attention)
+    )
+    sequences = partial(lookahead_sequences, continue_fn=continue_fn)
+    reference = score_answer_loglik_naive(model, doubled, micro_batch_size=16, sequences=sequences)
+    assert (packed - reference).abs().max().item() <= 1e-4
+    assert torch.equal(packed[0], packed[1])

@@ -220,8 +220,9 @@ def test_score_answers_sends_a_padded_request_and_returns_the_real_rows(
 
 
 @torch.no_grad()
-def test_the_lookahead_judge_generates_on_the_workers_then_scores_with_verls_log_prob_pass(
-    model: Any, qwen_tokenizer: Any
+@pytest.mark.parametrize("mode", ["packed", "naive"])
+def test_the_lookahead_judge_generates_on_the_workers_then_scores_either_way(
+    model: Any, qwen_tokenizer: Any, mode: str
 ) -> None:
     from functools import partial
 
@@ -231,21 +232,20 @@ def test_the_lookahead_judge_generates_on_the_workers_then_scores_with_verls_log
     workers = _ActorWorkers(model)
     rollout = {"temperature": 1.0, "log_prob_use_dynamic_bsz": False, "log_prob_micro_batch_size_per_gpu": 3}
     config = OmegaConf.create({"actor_rollout_ref": {"rollout": rollout}})
-    acpo_config = ACPOConfig.from_dict({"attribution": {"judge": "lookahead", "mode": "naive"}})
+    acpo_config = ACPOConfig.from_dict({"attribution": {"judge": "lookahead", "mode": mode}})
     pad, eos = qwen_tokenizer.pad_token_id, qwen_tokenizer.eos_token_id
     cut = {"token_texts": token_text_table(qwen_tokenizer), "stop_text": "Answer:", "max_new_tokens": 6}
     continue_fn = partial(continue_on_workers, workers, pad_id=pad, end_ids=[eos], micro_batch_size=2, **cut)
-    scores = score_answers(workers, inputs, "naive", config, acpo_config, RememberedContinuations(continue_fn))
-    # The 5 open prefixes (2 + 3 steps) padded to the 3 ranks, then 7 look-ahead sequences padded to 3 x 3.
+    scores = score_answers(workers, inputs, mode, config, acpo_config, RememberedContinuations(continue_fn))
+    # The 5 open prefixes (2 + 3 steps) padded to the 3 ranks; then the 7 look-ahead contexts, packed: as 7 one-step
+    # responses padded to 3 ranks, naive: 7 sequences padded to 3 ranks x 3 per micro-batch.
     assert [len(request) for request in workers.requests] == [6, 9]
     reference = partial(greedy_continuations, model, pad_id=pad, end_ids={eos}, micro_batch_size=2, **cut)
-    continuations = reference([c for _, i, s, n in _open_jobs(inputs) for c in [s[:n]]])
+    continuations = reference([s[:n] for _, _, s, n in _open_jobs(inputs)])
     assert any(continuations), "no prefix was continued: the comparison would be the naive judge's"
     sequences = partial(lookahead_sequences, continue_fn=reference)
     expected = score_answer_loglik_naive(model, inputs, micro_batch_size=4, sequences=sequences)
     torch.testing.assert_close(scores, expected, atol=1e-4, rtol=0)
-    with pytest.raises(ValueError, match="mode naive"):
-        score_answers(workers, inputs, "packed", config, acpo_config, continue_fn)
 
 
 def _open_jobs(inputs: AttributionBatch) -> list[Any]:

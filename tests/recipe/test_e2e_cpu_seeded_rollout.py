@@ -174,7 +174,7 @@ def test_another_seed_draws_other_responses(runs: dict[str, Any]) -> None:
     assert responses["a"] != responses["other"]
 
 
-LOOKAHEAD = ("acpo.attribution.judge=lookahead", "acpo.attribution.mode=naive", "acpo.attribution.score_tokens=value")
+LOOKAHEAD = ("acpo.attribution.judge=lookahead", "acpo.attribution.score_tokens=value")
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +185,7 @@ def lookahead_run(testbed: tuple[Path, Path, Path], ray_dir: Path, tmp_path_fact
 def test_the_lookahead_judge_gives_the_same_first_responses_other_credit(
     runs: dict[str, Any], lookahead_run: dict[str, Any]
 ) -> None:
-    """The look-ahead judge (§3.3) runs on the actor workers (``generate_lookahead``, then verl's log-prob pass): with
+    """The look-ahead judge (§3.3) runs on the actor workers (``generate_lookahead``, then packed scoring): with
     the same seed the first step samples, segments and rewards the same responses; only their step credit differs."""
     first = [[r for r in run["records"] if r["global_step"] == 1] for run in (runs["a"], lookahead_run)]
     assert [_discrete(r) for r in first[0]] == [_discrete(r) for r in first[1]]
