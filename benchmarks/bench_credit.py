@@ -325,7 +325,7 @@ class LookaheadScorer(MemoScorer):
         continue_fn = partial(
             greedy_continuations,
             model,
-            pad_id=tokenizer.pad_token_id,
+            pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
             end_ids={tokenizer.eos_token_id},
             token_texts=token_text_table(tokenizer),
             stop_text=stop_text_of(template),
@@ -559,12 +559,6 @@ def build_parser() -> argparse.ArgumentParser:
     testbed.add_argument("--seed", type=int, default=0, help="problems and sampling seed (%(default)s)")
     testbed.add_argument("--config", type=Path, default=TESTBED_CONFIG, help="YAML whose acpo: block is used")
     testbed.add_argument("--answer-template", default=None, help="Y's template (default: the config's)")
-    testbed.add_argument(
-        "--lookahead",
-        action="store_true",
-        help="also score every variant with the look-ahead judge (acpo_core.lookahead: L_i after the policy's "
-        "greedy continuation of each prefix), reported as VARIANT+lookahead",
-    )
     add_task_arguments(testbed.add_argument_group("task", "the task the policy was built for (testbed build)"))
     traces = sub.add_parser("traces", help="score a JSONL of labelled traces with a causal LM")
     traces.add_argument("file", type=Path, help="JSONL rows {question, steps, target, mistake_index}")
@@ -576,6 +570,12 @@ def build_parser() -> argparse.ArgumentParser:
     for part in (testbed, traces):
         part.add_argument(
             "--variants", type=_variants, default=list(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}"
+        )
+        part.add_argument(
+            "--lookahead",
+            action="store_true",
+            help="also score every judged variant with the look-ahead judge (acpo_core.lookahead: L_i after the "
+            "model's greedy continuation of each prefix), reported as VARIANT+lookahead",
         )
     for part in (testbed, traces, dump):
         part.add_argument("--out", type=Path, default=None, help="JSON file to write (default: none)")
@@ -611,20 +611,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         info |= {"policy": str(args.policy), "seed": args.seed, "answer_template": cfg.attribution.answer_template}
         if task != TaskSpec():
             info["task"] = dataclasses.asdict(task)
+        steps = None
         results = run_variants(batches, tables, cfg, MemoScorer(model), first_wrong, args.variants)
-        if args.lookahead:
-            from transformers import AutoTokenizer
-
-            scorer = LookaheadScorer(model, AutoTokenizer.from_pretrained(args.policy), cfg.attribution.answer_template)
-            judged = [name for name in args.variants if name not in ORACLE_VARIANTS]
-            looked = run_variants(batches, tables, cfg, scorer, first_wrong, judged)
-            results |= {f"{name}+lookahead": figures for name, figures in looked.items()}
     else:
         cfg = ACPOConfig.from_dict({"attribution": {"answer_template": args.answer_template}})
         batches, tables, model, first_wrong, steps, info = traces_batch(
             args.file, args.model, args.answer_template, not args.no_chat_template
         )
         results = run_variants(batches, tables, cfg, MemoScorer(model, 16), first_wrong, args.variants, steps=steps)
+    if args.source != "dump" and args.lookahead:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
+        scorer = LookaheadScorer(model, tokenizer, cfg.attribution.answer_template)
+        judged = [name for name in args.variants if name not in ORACLE_VARIANTS]
+        looked = run_variants(batches, tables, cfg, scorer, first_wrong, judged, steps=steps)
+        results |= {f"{name}+lookahead": figures for name, figures in looked.items()}
     seconds = time.monotonic() - started
     print(f"\n{info}")
     print(format_table(results))

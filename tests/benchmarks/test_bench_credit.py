@@ -138,3 +138,13 @@ def test_the_lookahead_judge_scores_every_judged_variant_again_and_leaves_the_or
     assert set(report["variants"]) == {"spec", "value_only", "oracle", "spec+lookahead", "value_only+lookahead"}
     for name in ("spec", "value_only"):
         assert report["variants"][f"{name}+lookahead"]["responses"] == report["variants"][name]["responses"]
+
+
+def test_labelled_traces_take_the_lookahead_judge_too(tiny_model_dir: Path, tmp_path: Path) -> None:
+    traces = tmp_path / "traces.jsonl"
+    _write_traces(traces)
+    args = ["traces", str(traces), "--model", str(tiny_model_dir), "--variants", "value_only,oracle", "--lookahead"]
+    report = bench.main(args)
+    assert set(report["variants"]) == {"value_only", "oracle", "value_only+lookahead"}
+    looked, plain = report["variants"]["value_only+lookahead"], report["variants"]["value_only"]
+    assert looked["responses"] == plain["responses"]
