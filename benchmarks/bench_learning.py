@@ -9,12 +9,15 @@ schedule and seeds; only what defines an arm differs:
 - ``acpo_noattr``: (b) ACPO with ``acpo.advantage.alpha=0`` (curriculum, stages and confidence weights, no credit).
 - ``acpo_spec``: (c) ACPO with the credit as the spec reads it (``acpo.advantage.attr_total=added``; the judge
   switches are at the spec's reading by default).
-- ``acpo``: (d) ACPO with the defaults (the attributed term redistributed per response, §4.1).
+- ``acpo``: (d) ACPO with the spec's judge and the default redistribution (the attributed term centred per
+  response, §4.1): the defaults until the look-ahead judge.
 - ``acpo_oracle``: (e) ACPO whose C comes from the step checker (-1 on the first wrong step, +1 elsewhere) through
   the same §4 (``acpo.attribution.judge=oracle``): the ceiling any attribution can reach on this testbed.
 - ``acpo_lookahead``: (f) ACPO with the look-ahead judge and value-only scoring (docs/algorithm.md §3.3:
-  ``acpo.attribution.judge=lookahead``, ``mode=naive``, ``score_tokens=value``), the judge the credit benchmark
-  measured closest to the oracle.
+  ``acpo.attribution.judge=lookahead``, ``score_tokens=value``), the testbed's defaults.
+
+The ACPO arms set every credit switch they depend on, so that each stays what it was when the testbed's defaults
+change; (b) and (c) use the spec's judge.
 
 Runs are paired by seed: a seed sets the data order (``data.seed``) and every rollout's random stream
 (``actor_rollout_ref.rollout.seed``), so the arms of one seed start from the same first rollouts. Each run:
@@ -69,20 +72,24 @@ ARM_LABELS = {
     "grpo": "(a) verl GRPO",
     "acpo_noattr": "(b) ACPO alpha=0",
     "acpo_spec": "(c) ACPO, spec credit",
-    "acpo": "(d) ACPO, defaults",
+    "acpo": "(d) ACPO, spec's judge",
     "acpo_oracle": "(e) ACPO, oracle credit",
-    "acpo_lookahead": "(f) ACPO, look-ahead judge",
+    "acpo_lookahead": "(f) ACPO, look-ahead judge (default)",
 }
 # What defines each ACPO arm, on top of the shared overrides (the GRPO arm runs another config).
+# Every credit switch is explicit, so an arm stays what it was when the testbed's defaults change.
+SPEC_JUDGE = ("acpo.attribution.judge=policy", "acpo.attribution.score_tokens=all")
 ARM_OVERRIDES = {
-    "acpo_noattr": ("acpo.advantage.alpha=0",),
-    "acpo_spec": ("acpo.advantage.attr_total=added",),
-    "acpo": (),
-    "acpo_oracle": ("acpo.attribution.judge=oracle",),
+    "acpo_noattr": ("acpo.advantage.alpha=0", *SPEC_JUDGE),
+    "acpo_spec": ("acpo.advantage.attr_total=added", *SPEC_JUDGE),
+    "acpo": SPEC_JUDGE,
+    "acpo_oracle": ("acpo.attribution.judge=oracle", "acpo.attribution.score_tokens=all"),
+    # The testbed's default judge; scored by the reference path (naive), as its recorded runs were: equal to the
+    # default packed scoring within 1e-4 (tests/core/test_scoring_paths.py).
     "acpo_lookahead": (
         "acpo.attribution.judge=lookahead",
-        "acpo.attribution.mode=naive",
         "acpo.attribution.score_tokens=value",
+        "acpo.attribution.mode=naive",
     ),
 }
 ARM_COLORS = {

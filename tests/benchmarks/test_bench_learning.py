@@ -120,7 +120,7 @@ def test_summary_pairs_seeds_with_grpo_and_writes_table_json_and_plot(tmp_path: 
     assert summary["acpo"]["hasty_late"] == pytest.approx(bench.mean_se([0.1, 0.2]))
     assert "hit_early" not in summary["grpo"]
     table = bench.format_table(summary)
-    assert "(a) verl GRPO" in table and "(d) ACPO, defaults" in table and "(b)" not in table
+    assert "(a) verl GRPO" in table and "(d) ACPO, spec's judge" in table and "(b)" not in table
     assert " 43.0 ±" in table  # grpo end accuracy, percent
     assert "+5.0 ±" in table  # ACPO's paired difference at the end, points
     assert summary["acpo"]["step_s_ratio"] == pytest.approx(bench.mean_se([5.0 / 4.0, 6.0 / 4.0]))
@@ -191,11 +191,13 @@ def test_each_arm_differs_from_the_shared_command_only_by_what_defines_it(tmp_pa
     def overrides(arm: str) -> set[str]:  # the run's name says the arm; the rest must not
         return {o for o in bench.stage_command(arm, 1, *common) if not o.startswith("trainer.experiment_name=")}
 
-    base = overrides("acpo")
+    base = overrides("acpo") - set(bench.ARM_OVERRIDES["acpo"])
     assert "actor_rollout_ref.rollout.seed=3" in base and "data.seed=3" in base
     assert any(o.startswith("trainer.rollout_data_dir=") for o in base)
     for arm, defining in bench.ARM_OVERRIDES.items():
         assert overrides(arm) - base == set(defining) and base - overrides(arm) == set()
+    # Every ACPO arm names its judge: the testbed's default may change, an arm may not.
+    assert all(any(o.startswith("acpo.attribution.judge=") for o in d) for d in bench.ARM_OVERRIDES.values())
     grpo = bench.stage_command("grpo", 1, *common)
     assert "grpo_cpu_testbed" in grpo and "actor_rollout_ref.rollout.seed=3" in grpo
 

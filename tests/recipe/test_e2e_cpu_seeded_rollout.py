@@ -2,8 +2,9 @@
 
 Three short runs of ACPO Stage 1 on the testbed config (``acpo_cpu_testbed_stage1``, with a small freshly built testbed
 policy, 4 prompts x 4 responses a step, 2 steps and a validation pass after step 2): two with
-``actor_rollout_ref.rollout.seed=7`` and one with seed 8. The two seed-7 runs must agree on every response, reward,
-advantage and logged metric (timings and memory aside), the seed-8 run must draw other responses.
+``actor_rollout_ref.rollout.seed=7`` and one with seed 8; a fourth, seed 7 with the spec's judge instead of the
+testbed's look-ahead judge, gives the same first responses other credit. The two seed-7 runs must agree on every
+response, reward, advantage and logged metric (timings and memory aside), the seed-8 run must draw other responses.
 
 The rewards come from :func:`tests.recipe.test_e2e_cpu_acpo.hashed_outcome` (0, 0.5 or 1 from a hash of the response),
 so that groups have outcome variance and the advantages are not all zero; the accuracy compared is that reward's
@@ -174,27 +175,28 @@ def test_another_seed_draws_other_responses(runs: dict[str, Any]) -> None:
     assert responses["a"] != responses["other"]
 
 
-LOOKAHEAD = ("acpo.attribution.judge=lookahead", "acpo.attribution.score_tokens=value")
+SPEC_JUDGE = ("acpo.attribution.judge=policy", "acpo.attribution.score_tokens=all")
 
 
 @pytest.fixture(scope="module")
-def lookahead_run(testbed: tuple[Path, Path, Path], ray_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return _train(testbed, 7, tmp_path_factory.mktemp("lookahead_run") / "run", ray_dir, LOOKAHEAD)
+def spec_judge_run(testbed: tuple[Path, Path, Path], ray_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return _train(testbed, 7, tmp_path_factory.mktemp("spec_judge_run") / "run", ray_dir, SPEC_JUDGE)
 
 
 def test_the_lookahead_judge_gives_the_same_first_responses_other_credit(
-    runs: dict[str, Any], lookahead_run: dict[str, Any]
+    runs: dict[str, Any], spec_judge_run: dict[str, Any]
 ) -> None:
-    """The look-ahead judge (§3.3) runs on the actor workers (``generate_lookahead``, then packed scoring): with
-    the same seed the first step samples, segments and rewards the same responses; only their step credit differs."""
-    first = [[r for r in run["records"] if r["global_step"] == 1] for run in (runs["a"], lookahead_run)]
+    """The testbed's look-ahead judge (§3.3) runs on the actor workers (``generate_lookahead``, then packed scoring):
+    against the spec's judge with the same seed, the first step samples, segments and rewards the same responses;
+    only their step credit differs."""
+    first = [[r for r in run["records"] if r["global_step"] == 1] for run in (runs["a"], spec_judge_run)]
     assert [_discrete(r) for r in first[0]] == [_discrete(r) for r in first[1]]
     assert [r["a_base"] for r in first[0]] == [r["a_base"] for r in first[1]]
     credit = [[step["C"] for r in records for step in r["steps"]] for records in first]
     assert credit[0] != credit[1]
-    assert all(math.isfinite(c) for c in credit[1])
-    metrics = lookahead_run["metrics"][1]
-    open_prefixes = sum(len(r["steps"]) for r in first[1])  # [q, o_<c_i] for i < K of every response
+    assert all(math.isfinite(c) for c in credit[0])
+    metrics = runs["a"]["metrics"][1]
+    open_prefixes = sum(len(r["steps"]) for r in first[0])  # [q, o_<c_i] for i < K of every response
     assert 0 < metrics["acpo/lookahead/prefixes"] <= open_prefixes
     assert 0 <= metrics["acpo/lookahead/truncated_frac"] <= 1
-    assert "acpo/lookahead/prefixes" not in runs["a"]["metrics"][1]
+    assert "acpo/lookahead/prefixes" not in spec_judge_run["metrics"][1]
