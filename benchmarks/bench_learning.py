@@ -413,7 +413,9 @@ def prepare(work: Path, args: argparse.Namespace, start: float) -> tuple[Path, P
 
 
 def stage_command(arm: str, stage: int, model: Path, run_dir: Path, steps: int, seed: int, train: Path, val: Path,
-                  args: argparse.Namespace, ray_tmp: str) -> list[str]:  # fmt: skip
+                  args: argparse.Namespace, ray_tmp: str,
+                  arm_overrides: Sequence[str] | None = None) -> list[str]:  # fmt: skip
+    """One stage of one run; ``arm_overrides`` replaces what defines an ACPO arm (``()``: the config's defaults)."""
     config = "grpo_cpu_testbed" if arm == "grpo" else f"acpo_cpu_testbed_stage{stage}"
     micro = args.batch_size * args.rollout_n
     overrides = [
@@ -450,7 +452,7 @@ def stage_command(arm: str, stage: int, model: Path, run_dir: Path, steps: int, 
             overrides += list(GRPO_STAGE2_KL)
     else:
         overrides += ["acpo.dump.enable=true", "acpo.dump.every_n_steps=1", f"acpo.dump.max_responses={micro}"]
-        overrides += ARM_OVERRIDES[arm]
+        overrides += ARM_OVERRIDES[arm] if arm_overrides is None else arm_overrides
     return [sys.executable, "-m", "recipe.acpo.main_acpo", "--config-name", config, *overrides]
 
 

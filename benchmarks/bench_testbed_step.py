@@ -165,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name in order if repeat % 2 == 0 else order[::-1]:
             run_dir = work / "step_time" / f"{name.replace(' ', '_')}_{repeat}"
             with tempfile.TemporaryDirectory(prefix="acpo_step_", dir="/tmp") as ray_tmp:
-                command = stage_command("acpo", 1, policy, run_dir, args.steps, 0, train, val, args, ray_tmp)
+                # The demo's config as it is: no arm's switches (bench_learning's arms name their judge).
+                command = stage_command("acpo", 1, policy, run_dir, args.steps, 0, train, val, args, ray_tmp, ())
                 command = with_overrides(command, [*TIMING_ONLY, *all_overrides[name]])
                 metrics = run_dir / "stage1_metrics.jsonl"
                 metrics.unlink(missing_ok=True)

@@ -198,6 +198,8 @@ def test_each_arm_differs_from_the_shared_command_only_by_what_defines_it(tmp_pa
         assert overrides(arm) - base == set(defining) and base - overrides(arm) == set()
     # Every ACPO arm names its judge: the testbed's default may change, an arm may not.
     assert all(any(o.startswith("acpo.attribution.judge=") for o in d) for d in bench.ARM_OVERRIDES.values())
+    # bench_testbed_step times the demo's config as it is: no arm's switches.
+    assert overrides("acpo") - set(bench.stage_command("acpo", 1, *common, ())) == set(bench.ARM_OVERRIDES["acpo"])
     grpo = bench.stage_command("grpo", 1, *common)
     assert "grpo_cpu_testbed" in grpo and "actor_rollout_ref.rollout.seed=3" in grpo
 
