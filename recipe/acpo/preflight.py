@@ -53,6 +53,15 @@ SEQUENCE_PARALLEL_KEYS = (
 )
 
 
+def _sequence_parallel(config: DictConfig) -> str:
+    """``"KEY=SIZE"`` of the first Ulysses sequence-parallel size above 1, or ``""``."""
+    for key in SEQUENCE_PARALLEL_KEYS:
+        size = int(OmegaConf.select(config, key, default=1) or 1)
+        if size > 1:
+            return f"{key}={size}"
+    return ""
+
+
 def check_acpo_trainer(config: DictConfig, acpo_config: ACPOConfig) -> None:
     """For ``algorithm.adv_estimator=acpo``: the settings ``ACPOTrainer`` needs, beside the parsed ``acpo:`` block.
 
@@ -79,15 +88,13 @@ def check_acpo_trainer(config: DictConfig, acpo_config: ACPOConfig) -> None:
             "actor_rollout_ref.model.use_fused_kernels=True gives no logits to the packed attribution pass: set it "
             "to False or acpo.attribution.mode=naive"
         )
-    if acpo_config.attribution.mode == "packed":
-        for key in SEQUENCE_PARALLEL_KEYS:
-            size = OmegaConf.select(config, key, default=1) or 1
-            if int(size) > 1:
-                raise SetupError(
-                    f"{key}={size}: packed attribution scores whole sequences on every Ulysses rank (SP times the "
-                    "cost, none of the memory saving); set it to 1 or acpo.attribution.mode=naive (verl's own "
-                    "compute_log_prob, which splits sequences across the SP group)"
-                )
+    sequence_parallel = _sequence_parallel(config)
+    if acpo_config.attribution.mode == "packed" and sequence_parallel:
+        raise SetupError(
+            f"{sequence_parallel}: packed attribution scores whole sequences on every Ulysses rank (SP times the "
+            "cost, none of the memory saving); set it to 1 or acpo.attribution.mode=naive (verl's own "
+            "compute_log_prob, which splits sequences across the SP group)"
+        )
     if acpo_config.attribution.judge == "lookahead":
         strategy = OmegaConf.select(config, "actor_rollout_ref.actor.strategy", default="fsdp")
         if strategy not in ("fsdp", "fsdp2"):
@@ -95,13 +102,11 @@ def check_acpo_trainer(config: DictConfig, acpo_config: ACPOConfig) -> None:
                 f"actor_rollout_ref.actor.strategy={strategy}: the look-ahead judge (acpo.attribution.judge=lookahead) "
                 "generates on the actor's FSDP model; use fsdp or fsdp2, or another judge"
             )
-        for key in SEQUENCE_PARALLEL_KEYS:
-            size = OmegaConf.select(config, key, default=1) or 1
-            if int(size) > 1:
-                raise SetupError(
-                    f"{key}={size}: the look-ahead judge generates whole sequences on each rank, which Ulysses "
-                    "sequence parallelism's attention cannot run; set it to 1 or use another judge"
-                )
+        if sequence_parallel:
+            raise SetupError(
+                f"{sequence_parallel}: the look-ahead judge generates whole sequences on each rank, which Ulysses "
+                "sequence parallelism's attention cannot run; set it to 1 or use another judge"
+            )
     if acpo_config.stage == 2:
         try:
             check_stage2_model_path(config.actor_rollout_ref.model)

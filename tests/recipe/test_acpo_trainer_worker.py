@@ -202,15 +202,18 @@ class _ActorWorkers:
         return TensorDict({CONTINUATIONS_KEY: out}, batch_size=[len(request)])
 
 
+def _three_per_micro_batch() -> Any:
+    """A run config whose log-prob pass takes 3 sequences a micro-batch (the naive request's multiple)."""
+    rollout = {"temperature": 1.0, "log_prob_use_dynamic_bsz": False, "log_prob_micro_batch_size_per_gpu": 3}
+    return OmegaConf.create({"actor_rollout_ref": {"rollout": rollout}})
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("mode", ["packed", "naive"])
 def test_score_answers_sends_a_padded_request_and_returns_the_real_rows(
     model: Any, qwen_tokenizer: Any, mode: str
 ) -> None:
-    inputs = _inputs(qwen_tokenizer)
-    workers = _ActorWorkers(model)
-    rollout = {"temperature": 1.0, "log_prob_use_dynamic_bsz": False, "log_prob_micro_batch_size_per_gpu": 3}
-    config = OmegaConf.create({"actor_rollout_ref": {"rollout": rollout}})
+    inputs, workers, config = _inputs(qwen_tokenizer), _ActorWorkers(model), _three_per_micro_batch()
     acpo_config = ACPOConfig.from_dict({"attribution": {"micro_batch_size": 1}})
     scores = score_answers(workers, inputs, mode, config, acpo_config)
     # Packed: 2 responses padded to the 3 ranks. Naive: 7 sequences padded to 3 ranks x 3 per micro-batch.
@@ -228,10 +231,7 @@ def test_the_lookahead_judge_generates_on_the_workers_then_scores_either_way(
 
     from recipe.acpo.step_dump import token_text_table
 
-    inputs = _inputs(qwen_tokenizer)
-    workers = _ActorWorkers(model)
-    rollout = {"temperature": 1.0, "log_prob_use_dynamic_bsz": False, "log_prob_micro_batch_size_per_gpu": 3}
-    config = OmegaConf.create({"actor_rollout_ref": {"rollout": rollout}})
+    inputs, workers, config = _inputs(qwen_tokenizer), _ActorWorkers(model), _three_per_micro_batch()
     acpo_config = ACPOConfig.from_dict({"attribution": {"judge": "lookahead", "mode": mode}})
     pad, eos = qwen_tokenizer.pad_token_id, qwen_tokenizer.eos_token_id
     cut = {"token_texts": token_text_table(qwen_tokenizer), "stop_text": "Answer:", "max_new_tokens": 6}
