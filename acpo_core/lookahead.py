@@ -11,10 +11,11 @@ the answer template's fixed text (or at its end token), and then scores
 so L_i^look is high when the prefix still leads the policy to Y and low once a step has sent it elsewhere; C_i and
 everything after them (§4) are unchanged. L_K^look is the spec's L_K (the response is complete: no continuation).
 
-It costs one greedy generation per step boundary. In training (``acpo.attribution.judge=lookahead``) the actor
+It costs one greedy generation per distinct prefix. In training (``acpo.attribution.judge=lookahead``) the actor
 workers generate (``recipe.acpo.acpo_worker``: :func:`greedy_generate` on the FSDP model, in lockstep across ranks)
-and verl's ``compute_log_prob`` scores :func:`lookahead_sequences`; the credit benchmark
-(``benchmarks/bench_credit.py --lookahead``) runs :func:`greedy_continuations` and
+and then score either packed (:func:`score_lookahead`: every continued context a one-step response,
+:func:`lookahead_batch`) or with verl's ``compute_log_prob`` on :func:`lookahead_sequences` (``mode: naive``); the
+credit benchmark (``benchmarks/bench_credit.py --lookahead``) runs :func:`greedy_continuations` and
 :func:`acpo_core.scoring.score_answer_loglik_naive` on a local model.
 """
 
@@ -101,8 +102,9 @@ def greedy_generate(
 
     Contexts are left-padded in micro-batches of ``micro_batch_size`` and run through the model's ``generate``.
     Under FSDP every rank must run the same number of forward passes: ``min_micro_batches`` adds micro-batches of
-    one dummy context (their output is dropped) up to the count the ranks agreed on, and ``synced_gpus`` keeps a rank
-    whose sequences ended stepping until every rank's have (Hugging Face's flag for sharded models).
+    one dummy context (their output is dropped; one new token, since ``synced_gpus`` keeps the rank stepping with the
+    others anyway) up to the count the ranks agreed on, and ``synced_gpus`` keeps a rank whose sequences ended
+    stepping until every rank's have (Hugging Face's flag for sharded models).
 
     Args:
         model: a Hugging Face causal LM (``generate``), in eval mode.
@@ -126,7 +128,7 @@ def greedy_generate(
             input_ids=ids,
             attention_mask=mask,
             do_sample=False,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max_new_tokens if n < len(starts) else 1,
             pad_token_id=pad_id,
             eos_token_id=sorted(end_ids),
             synced_gpus=synced_gpus,

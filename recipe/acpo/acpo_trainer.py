@@ -34,7 +34,7 @@ Diagnostics: with the environment variable ``ACPO_ATTRIBUTION_CROSS_CHECK=1`` (s
 every step also scores the batch the other way (packed and naive, §3) and logs the largest differences
 ``acpo/check/answer_loglik_max_abs_diff`` and ``acpo/check/advantage_max_abs_diff``; the configured mode's
 advantages are the ones written. It costs a naive attribution pass per step: for checking a setup, not for training.
-The look-ahead judge (``acpo.attribution.judge=lookahead``) has no packed form and is not cross-checked.
+With the look-ahead judge both ways score the same continuations (generated once).
 """
 
 from __future__ import annotations
@@ -200,12 +200,15 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
             view = dataclasses.replace(view, first_wrong_token=first_wrong)
         return view, data["response_mask"]
 
-    def _cross_check(self, view: ACPOBatch, result: ACPOStepResult) -> dict[str, float]:
-        """Score the same batch the other way (packed <-> naive) and report the largest differences."""
+    def _cross_check(
+        self, view: ACPOBatch, result: ACPOStepResult, continuations: RememberedContinuations | None
+    ) -> dict[str, float]:
+        """Score the same batch the other way (packed <-> naive; the look-ahead judge with the same continuations)
+        and report the largest differences."""
         cfg = self.acpo_config
         other_mode = "naive" if cfg.attribution.mode == "packed" else "packed"
         other_cfg = dataclasses.replace(cfg, attribution=dataclasses.replace(cfg.attribution, mode=other_mode))
-        scorer = self._scorer(other_mode)
+        scorer = self._scorer(other_mode, continuations)
         other = compute_acpo_step(view, self.vocab_tables, other_cfg, scorer, limits=self.model_limits)
         return {
             "acpo/check/answer_loglik_max_abs_diff": float((result.answer_loglik - other.answer_loglik).abs().max()),
@@ -232,9 +235,8 @@ class ACPOTrainer(CurriculumMixin, PPOTrainerSync):
         if continuations is not None:
             generated = continuations.continuations.values()
             step_metrics.update(continuation_metrics(generated, self.lookahead_settings["max_new_tokens"]))
-        # The look-ahead judge has no packed counterpart to cross-check against (its sequences share no prefix).
-        if self.cross_check_attribution and cfg.attribution.judge != "lookahead":
-            step_metrics.update(self._cross_check(view, result))
+        if self.cross_check_attribution:
+            step_metrics.update(self._cross_check(view, result, continuations))
         for name, value in step_metrics.items():
             if not math.isfinite(value):
                 raise FloatingPointError(f"{name} = {value} at step {getattr(self, 'global_steps', '?')}")

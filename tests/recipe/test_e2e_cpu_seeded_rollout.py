@@ -46,6 +46,7 @@ VOLATILE_PREFIXES = (
     "rollout_corr/log_ppl_diff",
     "rollout_corr/log_ppl_abs_diff",
     "training/rollout_probs_diff",
+    "acpo/check/",  # logged by one run only (cross_check); kept apart in "checks"
 )
 # What the sampled responses alone decide: equal to the last bit between two runs of the same seed.
 EXACT_PREFIXES = ("critic/score/", "critic/rewards/", "response_length/", "val-", "acpo/curriculum/hot_requests")
@@ -80,9 +81,16 @@ def ray_dir() -> Iterator[Path]:
 
 
 def _train(
-    testbed: tuple[Path, Path, Path], seed: int, out: Path, ray_dir: Path, extra: tuple[str, ...] = ()
+    testbed: tuple[Path, Path, Path],
+    seed: int,
+    out: Path,
+    ray_dir: Path,
+    extra: tuple[str, ...] = (),
+    cross_check: bool = False,
 ) -> dict[str, Any]:
-    """One run (``extra``: more Hydra overrides); its per-step metrics (verl's file logger) and its step dump."""
+    """One run (``extra``: more Hydra overrides; ``cross_check``: every step's attribution scored both ways, packed
+    and naive); its per-step metrics (verl's file logger; the cross-check's ``acpo/check/*`` apart, as "checks") and its
+    step dump."""
     from recipe.acpo.report.load import read_dump
 
     policy, train, val = testbed
@@ -115,6 +123,7 @@ def _train(
     ]
     command = [sys.executable, "-m", "recipe.acpo.main_acpo", "--config-name", "acpo_cpu_testbed_stage1", *overrides]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VERL_FILE_LOGGER_PATH": str(out) + ".jsonl"}
+    env["ACPO_ATTRIBUTION_CROSS_CHECK"] = "1" if cross_check else "0"
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert done.returncode == 0, f"seed {seed} failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
     entries = [json.loads(line) for line in Path(str(out) + ".jsonl").read_text().splitlines() if line.strip()]
@@ -122,16 +131,21 @@ def _train(
         entry["step"]: {k: v for k, v in entry["data"].items() if not k.startswith(VOLATILE_PREFIXES)}
         for entry in entries
     }
+    checks = {
+        entry["step"]: {k: v for k, v in entry["data"].items() if k.startswith("acpo/check/")} for entry in entries
+    }
     # uids are drawn afresh by every run; a record is otherwise its prompt, response, reward and credit.
     records = [{k: v for k, v in r.items() if k != "uid"} for r in read_dump(out / "acpo_dump").records]
     records.sort(key=lambda r: json.dumps(r, sort_keys=True))
-    return {"metrics": metrics, "records": records}
+    return {"metrics": metrics, "checks": checks, "records": records}
 
 
 @pytest.fixture(scope="module")
 def runs(testbed: tuple[Path, Path, Path], ray_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("seeded_runs")
-    return {name: _train(testbed, seed, out / name, ray_dir) for name, seed in (("a", 7), ("b", 7), ("other", 8))}
+    # Run "a" also scores every step's look-ahead attribution the naive way (ACPO_ATTRIBUTION_CROSS_CHECK).
+    runs = {"a": _train(testbed, 7, out / "a", ray_dir, cross_check=True)}
+    return runs | {name: _train(testbed, seed, out / name, ray_dir) for name, seed in (("b", 7), ("other", 8))}
 
 
 def _discrete(record: dict[str, Any]) -> dict[str, Any]:
@@ -200,3 +214,8 @@ def test_the_lookahead_judge_gives_the_same_first_responses_other_credit(
     assert 0 < metrics["acpo/lookahead/prefixes"] <= open_prefixes
     assert 0 <= metrics["acpo/lookahead/truncated_frac"] <= 1
     assert "acpo/lookahead/prefixes" not in spec_judge_run["metrics"][1]
+    # The workers' packed scoring of the look-ahead contexts and verl's log-prob pass agree (same continuations).
+    assert sorted(runs["a"]["checks"]) == [1, 2]
+    for checks in runs["a"]["checks"].values():
+        assert 0 <= checks["acpo/check/answer_loglik_max_abs_diff"] < 1e-3
+        assert 0 <= checks["acpo/check/advantage_max_abs_diff"] < 1e-3
