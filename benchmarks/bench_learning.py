@@ -1,6 +1,6 @@
 """Learning benchmark on the CPU testbed (issue 22): does step credit make RL learn faster or better than GRPO?
 
-Six arms at an equal budget, all from the same policy, data, steps, responses per step, learning rate, two-stage
+Seven arms at an equal budget, all from the same policy, data, steps, responses per step, learning rate, two-stage
 schedule and seeds; only what defines an arm differs:
 
 - ``grpo``: (a) verl's GRPO estimator (``grpo_cpu_testbed``: single-turn rollouts, no curriculum, uniform token
@@ -15,6 +15,8 @@ schedule and seeds; only what defines an arm differs:
   the same §4 (``acpo.attribution.judge=oracle``): the ceiling any attribution can reach on this testbed.
 - ``acpo_lookahead``: (f) ACPO with the look-ahead judge and value-only scoring (docs/algorithm.md §3.3:
   ``acpo.attribution.judge=lookahead``, ``score_tokens=value``), the testbed's defaults.
+- ``acpo_lookahead_flat``: (g) as (f) with the entropy regimes of §4 flattened (``acpo.advantage.beta=0``,
+  ``gamma=0``: w = 1 for every step), to tell the judge's credit from the entropy weighting (a diagnostic arm).
 
 The ACPO arms set every credit switch they depend on, so that each stays what it was when the testbed's defaults
 change; (b) and (c) use the spec's judge.
@@ -29,7 +31,9 @@ the most blamed step against the slip step, against chance 1/K), early (first th
 third). A finished run leaves ``WORK/results/<arm>_seed<seed>.json``; ``--resume`` skips it.
 
 The summary prints per arm the accuracy at steps 16, 24, 48 and the end (mean ± standard error over seeds), the first
-step with a 10-point gain, the hasty-line share early and late, the credit's hit rates, and each arm's paired
+step with a 10-point gain, the hasty-line share early and late, the credit's hit rates, how hard the ACPO arms'
+advantages push from hasty toward careful lines (mean advantage per token on hasty minus careful lines, beside GRPO's
+A_base on the same tokens), and each arm's paired
 difference to (a) (mean ± standard error of the per-seed differences) and, for the arms with credit, to (b)
 (alpha = 0: everything of ACPO but the credit, so that difference is the credit's own effect); it writes
 ``OUT/bench_learning.json`` and ``OUT/bench_learning.png`` (one curve per arm: the mean and a ± 1 standard error band).
@@ -64,10 +68,10 @@ from pathlib import Path
 
 from data_prep.schema import DataError
 from recipe.acpo.testbed.curve import accuracy_points
-from recipe.acpo.testbed.slips import credit_hit_rates
+from recipe.acpo.testbed.slips import credit_hit_rates, line_kind_advantages
 from recipe.acpo.testbed.task import TaskSpec, add_task_arguments, task_arguments, task_spec
 
-ARMS = ("grpo", "acpo_noattr", "acpo_spec", "acpo", "acpo_oracle", "acpo_lookahead")
+ARMS = ("grpo", "acpo_noattr", "acpo_spec", "acpo", "acpo_oracle", "acpo_lookahead", "acpo_lookahead_flat")
 ARM_LABELS = {
     "grpo": "(a) verl GRPO",
     "acpo_noattr": "(b) ACPO alpha=0",
@@ -75,6 +79,7 @@ ARM_LABELS = {
     "acpo": "(d) ACPO, spec's judge",
     "acpo_oracle": "(e) ACPO, oracle credit",
     "acpo_lookahead": "(f) ACPO, look-ahead judge (default)",
+    "acpo_lookahead_flat": "(g) ACPO, look-ahead judge, w = 1",
 }
 # What defines each ACPO arm, on top of the shared overrides (the GRPO arm runs another config).
 # Every credit switch is explicit, so an arm stays what it was when the testbed's defaults change.
@@ -91,6 +96,13 @@ ARM_OVERRIDES = {
         "acpo.attribution.score_tokens=value",
         "acpo.attribution.mode=naive",
     ),
+    "acpo_lookahead_flat": (
+        "acpo.attribution.judge=lookahead",
+        "acpo.attribution.score_tokens=value",
+        "acpo.attribution.mode=naive",
+        "acpo.advantage.beta=0",
+        "acpo.advantage.gamma=0",
+    ),
 }
 ARM_COLORS = {
     "grpo": "tab:blue",
@@ -99,6 +111,7 @@ ARM_COLORS = {
     "acpo": "tab:green",
     "acpo_oracle": "tab:red",
     "acpo_lookahead": "tab:brown",
+    "acpo_lookahead_flat": "tab:olive",
 }
 REPORT_STEPS = (16, 24, 48)
 GAIN_POINTS = 10.0
@@ -176,11 +189,23 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def dump_hit_rates(dump_files: Sequence[Path]) -> dict:
-    """Hit statistics over the first third and last third of the dumped training steps (files in training order)."""
+    """Hit statistics and the advantage per token on hasty and careful lines (``line_advantage``) over the first third
+    and last third of the dumped training steps (files in training order)."""
     third = max(1, len(dump_files) // 3)
-    early = [r for f in dump_files[:third] for r in read_jsonl(f)]
-    late = [r for f in dump_files[-third:] for r in read_jsonl(f)]
-    return {"dumped_steps": len(dump_files), "early": credit_hit_rates(early), "late": credit_hit_rates(late)}
+    phases = {"early": dump_files[:third], "late": dump_files[-third:]}
+    rates: dict = {"dumped_steps": len(dump_files)}
+    for phase, files in phases.items():
+        records = [r for f in files for r in read_jsonl(f)]
+        rates[phase] = {**credit_hit_rates(records), "line_advantage": line_kind_advantages(records)}
+    return rates
+
+
+def hasty_push(line_advantage: dict | None, key: str) -> float:
+    """Mean advantage per token on hasty lines minus careful lines (``key``: ``a_final`` or GRPO's ``a_base``): how
+    hard the advantages push away from hasty lines (negative) or toward them (positive); NaN without the figure."""
+    if not line_advantage:
+        return math.nan
+    return line_advantage["hasty"][key] - line_advantage["careful"][key]
 
 
 def _end_accuracy(run: dict) -> float | None:
@@ -235,6 +260,13 @@ def summarize(runs: Sequence[dict]) -> dict:
                 entry[f"lucky_{phase}"] = mean_se(
                     [h[phase].get("correct_with_wrong_step_frac", float("nan")) for h in hits]
                 )
+                pushes = {
+                    key: [hasty_push(h[phase].get("line_advantage"), key) for h in hits]
+                    for key in ("a_final", "a_base")
+                }
+                if any(math.isfinite(v) for v in pushes["a_final"]):  # runs analysed before the figure existed
+                    for key, values in pushes.items():
+                        entry[f"hasty_push_{key}_{phase}"] = mean_se(values)
         paired = [r for r in arm_runs if r["seed"] in grpo]
         if arm != "grpo" and paired:
             entry["paired_seeds"] = [r["seed"] for r in paired]
@@ -317,6 +349,16 @@ def format_table(summary: dict) -> str:
             for a in arms
         ]
         rows.append((f"A_attr on slip {phase}", cells))
+    for phase in ("early", "late"):
+        cells = [
+            "{:+.2f} (A_base {:+.2f})".format(
+                summary[a][f"hasty_push_a_final_{phase}"][0], summary[a][f"hasty_push_a_base_{phase}"][0]
+            )
+            if f"hasty_push_a_final_{phase}" in summary[a]
+            else "-"
+            for a in arms
+        ]
+        rows.append((f"A/token hasty-careful {phase}", cells))
     width = max(len(c) for _, cells in rows for c in cells) + 2
     return "\n".join(f"{label:<28}" + "".join(f"{c:>{width}}" for c in cells) for label, cells in rows)
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from recipe.acpo.testbed.demonstrations import is_hasty_line
 from recipe.acpo.testbed.step_check import check_steps
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "first_wrong_mark",
     "first_wrong_token_span",
     "first_wrong_tokens",
+    "line_kind_advantages",
     "most_blamed_step",
 ]
 
@@ -198,4 +200,43 @@ def credit_hit_rates(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         ),
         "correct_responses": correct,
         "correct_with_wrong_step_frac": correct_with_slip / correct if correct else float("nan"),
+    }
+
+
+def line_kind_advantages(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The mean advantage per token on hasty and on careful steps of dumped records (``recipe.acpo.step_dump``): ACPO's
+    A_final,i and, for the same tokens, GRPO's A_base. What RL has to learn on the testbed is to write careful lines
+    rather than hasty ones; ``a_final`` hasty minus careful is how hard a run's advantages push toward that, and
+    ``a_base`` the same under outcome credit alone.
+
+    A step is hasty when its text holds a hasty line (:func:`recipe.acpo.testbed.demonstrations.is_hasty_line`),
+    careful when it holds an equation and no hasty line; the answer line and responses of zero-variance groups
+    (A_base = 0: no signal) are left out. Returns per kind ``a_final``, ``a_base`` (NaN without such tokens) and
+    ``tokens``.
+    """
+    sums = {kind: [0.0, 0.0, 0] for kind in ("hasty", "careful")}
+    for record in records:
+        a_base = float(record.get("a_base") or 0.0)
+        tokens = record.get("tokens") or []
+        if a_base == 0.0:
+            continue
+        for step in record.get("steps") or []:
+            lines = "".join(tokens[step["start"] : step["end"]]).splitlines()
+            if any(is_hasty_line(line) for line in lines):
+                kind = "hasty"
+            elif any("=" in line for line in lines):
+                kind = "careful"
+            else:
+                continue
+            n = step["end"] - step["start"]
+            sums[kind][0] += n * float(step["a_final"])
+            sums[kind][1] += n * a_base
+            sums[kind][2] += n
+    return {
+        kind: {
+            "a_final": a_final / n if n else float("nan"),
+            "a_base": a_base / n if n else float("nan"),
+            "tokens": n,
+        }
+        for kind, (a_final, a_base, n) in sums.items()
     }
