@@ -201,11 +201,12 @@ def dump_hit_rates(dump_files: Sequence[Path]) -> dict:
 
 
 def hasty_push(line_advantage: dict | None, key: str) -> float:
-    """Mean advantage per token on hasty lines minus careful lines (``key``: ``a_final`` or GRPO's ``a_base``): how
+    """Mean advantage per token on hasty lines minus careful lines (``key``: ``a_final``, its counterfactual with
+    w = 1 ``a_final_w1``, or GRPO's ``a_base``; :func:`recipe.acpo.testbed.slips.line_kind_advantages`): how
     hard the advantages push away from hasty lines (negative) or toward them (positive); NaN without the figure."""
     if not line_advantage:
         return math.nan
-    return line_advantage["hasty"][key] - line_advantage["careful"][key]
+    return line_advantage["hasty"].get(key, math.nan) - line_advantage["careful"].get(key, math.nan)
 
 
 def _end_accuracy(run: dict) -> float | None:
@@ -262,7 +263,7 @@ def summarize(runs: Sequence[dict]) -> dict:
                 )
                 pushes = {
                     key: [hasty_push(h[phase].get("line_advantage"), key) for h in hits]
-                    for key in ("a_final", "a_base")
+                    for key in ("a_final", "a_final_w1", "a_base")
                 }
                 if any(math.isfinite(v) for v in pushes["a_final"]):  # runs analysed before the figure existed
                     for key, values in pushes.items():
@@ -351,8 +352,8 @@ def format_table(summary: dict) -> str:
         rows.append((f"A_attr on slip {phase}", cells))
     for phase in ("early", "late"):
         cells = [
-            "{:+.2f} (A_base {:+.2f})".format(
-                summary[a][f"hasty_push_a_final_{phase}"][0], summary[a][f"hasty_push_a_base_{phase}"][0]
+            "{:+.2f} (w=1 {:+.2f}, A_base {:+.2f})".format(
+                *(summary[a][f"hasty_push_{key}_{phase}"][0] for key in ("a_final", "a_final_w1", "a_base"))
             )
             if f"hasty_push_a_final_{phase}" in summary[a]
             else "-"

@@ -108,7 +108,10 @@ def test_summary_pairs_seeds_with_grpo_and_writes_table_json_and_plot(tmp_path: 
         _run("acpo_oracle", 2, [0.3, 0.5, 0.6, 0.7], hit=1.0),  # no GRPO run of seed 2: nothing to pair with
     ]
     for run, push in zip(runs[2:4], (-0.3, -0.1)):
-        lines = {"hasty": {"a_final": push, "a_base": -0.2}, "careful": {"a_final": 0.0, "a_base": 0.0}}
+        lines = {
+            "hasty": {"a_final": push, "a_final_w1": -0.4, "a_base": -0.2},
+            "careful": {"a_final": 0.0, "a_final_w1": 0.0, "a_base": 0.0},
+        }
         run["hit_rates"] = {phase: dict(rates, line_advantage=lines) for phase, rates in run["hit_rates"].items()}
     summary = bench.summarize(runs)
     assert summary["grpo"]["acc_end"] == pytest.approx(bench.mean_se([0.40, 0.46]))
@@ -127,7 +130,7 @@ def test_summary_pairs_seeds_with_grpo_and_writes_table_json_and_plot(tmp_path: 
     assert summary["acpo"]["hasty_push_a_base_late"] == pytest.approx((-0.2, 0.0))
     assert "hasty_push_a_final_late" not in summary["acpo_oracle"]
     table = bench.format_table(summary)
-    assert "-0.20 (A_base -0.20)" in table
+    assert "-0.20 (w=1 -0.40, A_base -0.20)" in table
     assert "(a) verl GRPO" in table and "(d) ACPO, spec's judge" in table and "(b)" not in table
     assert " 43.0 ±" in table  # grpo end accuracy, percent
     assert "+5.0 ±" in table  # ACPO's paired difference at the end, points
@@ -234,14 +237,16 @@ def test_line_kind_advantages_weigh_hasty_and_careful_steps_by_their_tokens() ->
     lines = ["First, 3 + 4 = 7.\n", "Quick, 7 * 2 ~ 15.\n", "Then, 15 - 1 = 14.\n", "Answer: 14"]
     record = _record(lines, [0.0, -1.0, 0.0, 0.0])
     record["a_base"] = -0.5
-    for step, a_final in zip(record["steps"], [-0.2, -1.4, -0.2, -0.2]):
-        step["a_final"] = a_final
+    for step, a_final, s in zip(record["steps"], [-0.2, -1.4, -0.2, -0.2], [0.5, -3.0, 0.5, 0.0]):
+        step["a_final"], step["s"] = a_final, s
     record["steps"][2]["end"] = 8  # the careful step 2 takes the answer line's tokens too: 4 tokens
     del record["steps"][3]
     zero_variance = dict(record, a_base=0.0)  # no signal: left out
     stats = line_kind_advantages([record, zero_variance])
-    assert stats["hasty"] == {"a_final": pytest.approx(-1.4), "a_base": pytest.approx(-0.5), "tokens": 2}
-    assert stats["careful"] == {"a_final": pytest.approx(-0.2), "a_base": pytest.approx(-0.5), "tokens": 6}
+    # w = 1 from the same s: |A_base| s = (0.25, -1.5, 0.25), token mean -0.1875, alpha 0.5 of the centred term.
+    hasty_w1, careful_w1 = -0.5 + 0.5 * (-1.5 + 0.1875), -0.5 + 0.5 * (0.25 + 0.1875)
+    assert stats["hasty"] == pytest.approx({"a_final": -1.4, "a_final_w1": hasty_w1, "a_base": -0.5, "tokens": 2})
+    assert stats["careful"] == pytest.approx({"a_final": -0.2, "a_final_w1": careful_w1, "a_base": -0.5, "tokens": 6})
     assert bench.hasty_push({"hasty": stats["hasty"], "careful": stats["careful"]}, "a_final") == pytest.approx(-1.2)
     assert bench.hasty_push(stats, "a_base") == pytest.approx(0.0)
     assert math.isnan(bench.hasty_push(None, "a_final"))

@@ -203,7 +203,7 @@ def credit_hit_rates(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def line_kind_advantages(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def line_kind_advantages(records: Iterable[dict[str, Any]], alpha: float = 0.5) -> dict[str, dict[str, float]]:
     """The mean advantage per token on hasty and on careful steps of dumped records (``recipe.acpo.step_dump``): ACPO's
     A_final,i and, for the same tokens, GRPO's A_base. What RL has to learn on the testbed is to write careful lines
     rather than hasty ones; ``a_final`` hasty minus careful is how hard a run's advantages push toward that, and
@@ -211,16 +211,23 @@ def line_kind_advantages(records: Iterable[dict[str, Any]]) -> dict[str, dict[st
 
     A step is hasty when its text holds a hasty line (:func:`recipe.acpo.testbed.demonstrations.is_hasty_line`),
     careful when it holds an equation and no hasty line; the answer line and responses of zero-variance groups
-    (A_base = 0: no signal) are left out. Returns per kind ``a_final``, ``a_base`` (NaN without such tokens) and
-    ``tokens``.
+    (A_base = 0: no signal) are left out. ``a_final_w1`` is the counterfactual with §4's entropy weights flattened
+    (w = 1): from the same dumped s_i, A_final,i = A_base + alpha (|A_base| s_i - the response's token mean of it),
+    the default redistribution (§4.1), 0 for a one-step response. Returns per kind ``a_final``, ``a_final_w1``,
+    ``a_base`` (NaN without such tokens) and ``tokens``.
     """
-    sums = {kind: [0.0, 0.0, 0] for kind in ("hasty", "careful")}
+    sums = {kind: [0.0, 0.0, 0.0, 0] for kind in ("hasty", "careful")}
     for record in records:
         a_base = float(record.get("a_base") or 0.0)
         tokens = record.get("tokens") or []
-        if a_base == 0.0:
+        steps = record.get("steps") or []
+        if a_base == 0.0 or not steps:
             continue
-        for step in record.get("steps") or []:
+        lengths = [step["end"] - step["start"] for step in steps]
+        flat = [abs(a_base) * float(step["s"]) for step in steps]
+        centre = sum(n * a for n, a in zip(lengths, flat)) / max(sum(lengths), 1)
+        flat = [alpha * (a - centre) if len(steps) > 1 else 0.0 for a in flat]
+        for step, n, attr in zip(steps, lengths, flat):
             lines = "".join(tokens[step["start"] : step["end"]]).splitlines()
             if any(is_hasty_line(line) for line in lines):
                 kind = "hasty"
@@ -228,15 +235,16 @@ def line_kind_advantages(records: Iterable[dict[str, Any]]) -> dict[str, dict[st
                 kind = "careful"
             else:
                 continue
-            n = step["end"] - step["start"]
             sums[kind][0] += n * float(step["a_final"])
-            sums[kind][1] += n * a_base
-            sums[kind][2] += n
+            sums[kind][1] += n * (a_base + attr)
+            sums[kind][2] += n * a_base
+            sums[kind][3] += n
     return {
         kind: {
             "a_final": a_final / n if n else float("nan"),
+            "a_final_w1": a_final_w1 / n if n else float("nan"),
             "a_base": a_base / n if n else float("nan"),
             "tokens": n,
         }
-        for kind, (a_final, a_base, n) in sums.items()
+        for kind, (a_final, a_final_w1, a_base, n) in sums.items()
     }
