@@ -202,7 +202,9 @@ def dump_hit_rates(dump_files: Sequence[Path]) -> dict:
 
 def hasty_push(line_advantage: dict | None, key: str) -> float:
     """Mean advantage per token on hasty lines minus careful lines (``key``: ``a_final``, its counterfactual with
-    w = 1 ``a_final_w1``, or GRPO's ``a_base``; :func:`recipe.acpo.testbed.slips.line_kind_advantages`): how
+    w = 1 ``a_final_w1``, or GRPO's ``a_base``; :func:`recipe.acpo.testbed.slips.line_kind_advantages`; the
+    counterfactual takes the testbed's alpha = 0.5 and redistribution, so for (b) and (c) it is what their s would
+    give under those): how
     hard the advantages push away from hasty lines (negative) or toward them (positive); NaN without the figure."""
     if not line_advantage:
         return math.nan
