@@ -84,25 +84,20 @@ ARM_LABELS = {
 # What defines each ACPO arm, on top of the shared overrides (the GRPO arm runs another config).
 # Every credit switch is explicit, so an arm stays what it was when the testbed's defaults change.
 SPEC_JUDGE = ("acpo.attribution.judge=policy", "acpo.attribution.score_tokens=all")
+# The testbed's default judge; scored by the reference path (naive), as its recorded runs were: equal to the default
+# packed scoring within 1e-4 (tests/core/test_scoring_paths.py).
+LOOKAHEAD_JUDGE = (
+    "acpo.attribution.judge=lookahead",
+    "acpo.attribution.score_tokens=value",
+    "acpo.attribution.mode=naive",
+)
 ARM_OVERRIDES = {
     "acpo_noattr": ("acpo.advantage.alpha=0", *SPEC_JUDGE),
     "acpo_spec": ("acpo.advantage.attr_total=added", *SPEC_JUDGE),
     "acpo": SPEC_JUDGE,
     "acpo_oracle": ("acpo.attribution.judge=oracle", "acpo.attribution.score_tokens=all"),
-    # The testbed's default judge; scored by the reference path (naive), as its recorded runs were: equal to the
-    # default packed scoring within 1e-4 (tests/core/test_scoring_paths.py).
-    "acpo_lookahead": (
-        "acpo.attribution.judge=lookahead",
-        "acpo.attribution.score_tokens=value",
-        "acpo.attribution.mode=naive",
-    ),
-    "acpo_lookahead_flat": (
-        "acpo.attribution.judge=lookahead",
-        "acpo.attribution.score_tokens=value",
-        "acpo.attribution.mode=naive",
-        "acpo.advantage.beta=0",
-        "acpo.advantage.gamma=0",
-    ),
+    "acpo_lookahead": LOOKAHEAD_JUDGE,
+    "acpo_lookahead_flat": (*LOOKAHEAD_JUDGE, "acpo.advantage.beta=0", "acpo.advantage.gamma=0"),
 }
 ARM_COLORS = {
     "grpo": "tab:blue",
@@ -114,6 +109,7 @@ ARM_COLORS = {
     "acpo_lookahead_flat": "tab:olive",
 }
 REPORT_STEPS = (16, 24, 48)
+PUSH_KEYS = ("a_final", "a_final_w1", "a_base")
 GAIN_POINTS = 10.0
 GRPO_STAGE2_KL = (
     "actor_rollout_ref.actor.use_kl_loss=True",
@@ -201,11 +197,12 @@ def dump_hit_rates(dump_files: Sequence[Path]) -> dict:
 
 
 def hasty_push(line_advantage: dict | None, key: str) -> float:
-    """Mean advantage per token on hasty lines minus careful lines (``key``: ``a_final``, its counterfactual with
-    w = 1 ``a_final_w1``, or GRPO's ``a_base``; :func:`recipe.acpo.testbed.slips.line_kind_advantages`; the
-    counterfactual takes the testbed's alpha = 0.5 and redistribution, so for (b) and (c) it is what their s would
-    give under those): how
-    hard the advantages push away from hasty lines (negative) or toward them (positive); NaN without the figure."""
+    """Mean advantage per token on hasty lines minus careful lines: how hard the advantages push away from hasty lines
+    (negative) or toward them (positive); NaN without the figure.
+
+    ``key`` is one of :data:`PUSH_KEYS` (:func:`recipe.acpo.testbed.slips.line_kind_advantages`): ``a_final``, its
+    counterfactual with w = 1 ``a_final_w1`` (at the testbed's alpha = 0.5 and redistribution, so for (b) and (c) it
+    is what their s would give under those), or GRPO's ``a_base``."""
     if not line_advantage:
         return math.nan
     return line_advantage["hasty"].get(key, math.nan) - line_advantage["careful"].get(key, math.nan)
@@ -263,10 +260,7 @@ def summarize(runs: Sequence[dict]) -> dict:
                 entry[f"lucky_{phase}"] = mean_se(
                     [h[phase].get("correct_with_wrong_step_frac", float("nan")) for h in hits]
                 )
-                pushes = {
-                    key: [hasty_push(h[phase].get("line_advantage"), key) for h in hits]
-                    for key in ("a_final", "a_final_w1", "a_base")
-                }
+                pushes = {key: [hasty_push(h[phase].get("line_advantage"), key) for h in hits] for key in PUSH_KEYS}
                 if any(math.isfinite(v) for v in pushes["a_final"]):  # runs analysed before the figure existed
                     for key, values in pushes.items():
                         entry[f"hasty_push_{key}_{phase}"] = mean_se(values)
@@ -355,7 +349,7 @@ def format_table(summary: dict) -> str:
     for phase in ("early", "late"):
         cells = [
             "{:+.2f} (w=1 {:+.2f}, A_base {:+.2f})".format(
-                *(summary[a][f"hasty_push_{key}_{phase}"][0] for key in ("a_final", "a_final_w1", "a_base"))
+                *(summary[a][f"hasty_push_{key}_{phase}"][0] for key in PUSH_KEYS)
             )
             if f"hasty_push_a_final_{phase}" in summary[a]
             else "-"
