@@ -16,9 +16,11 @@ registered by one of them. Importing this package registers, without changing an
    worker class (verl's plain ``ActorRolloutRefWorker`` included);
 6. the log-prob kernel: verl's FSDP engine computes token log-probabilities with a platform's own kernel
    (flash-attn's on CUDA, torch_npu's on Ascend) or else a loop of one ``logsumexp`` per token; on the ``cpu``
-   platform it gets ``verl_cpu.log_probs.token_log_probs``, the same quantity vectorised in bounded chunks.
+   platform it gets ``verl_cpu.log_probs.token_log_probs``, the same quantity vectorised in bounded chunks;
+7. the training workers' threads: Ray starts them with one torch thread; on the ``cpu`` platform each computes with
+   its share of the node's cores, or ``VERL_CPU_NUM_THREADS`` (``verl_cpu.threads``).
 
-Items 2-6 are applied when verl imports the module concerned, so processes that never build an engine or a rollout
+Items 2-7 are applied when verl imports the module concerned, so processes that never build an engine or a rollout
 (the driver, reward workers, agent-loop workers) do not pay for importing them. A launcher calls ``activate()`` and
 sets the variables it returns in every Ray worker through the runtime environment (the ACPO recipe's ``main_acpo``
 does).
@@ -36,6 +38,7 @@ from types import ModuleType
 from typing import Any
 
 from verl_cpu.platform import CPU_PLATFORM_NAME, PlatformCPU
+from verl_cpu.threads import thread_env_for_workers, training_worker_threads, usable_cores
 
 PLUGIN_MODULE = __name__
 
@@ -175,11 +178,25 @@ def _vectorise_log_probs(transformer_impl: ModuleType) -> None:
     transformer_impl.logprobs_from_logits = logprobs_from_logits
 
 
+def _use_worker_threads(transformer_impl: ModuleType) -> None:
+    """Only a training worker imports verl's FSDP engine, so this is where its thread count is set."""
+    from verl.utils.device import get_device_name
+
+    if get_device_name() != CPU_PLATFORM_NAME:
+        return
+    import torch
+
+    threads = training_worker_threads(os.environ, usable_cores())
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def register_all() -> None:
     """Register the CPU engine, rollout and the fixes (idempotent; the platform registers on import)."""
     _after_import("verl.utils.distributed", _use_plain_gloo)
     _after_import("verl.workers.engine.fsdp.transformer_impl", _unpin_offload_policy)
     _after_import("verl.workers.engine.fsdp.transformer_impl", _vectorise_log_probs)
+    _after_import("verl.workers.engine.fsdp.transformer_impl", _use_worker_threads)
     _after_import("verl.workers.engine", _register_fsdp_engines)
     _after_import("verl.workers.rollout.base", _register_rollout_adapter)
     _after_import("verl.workers.rollout.replica", _register_rollout_replica)
@@ -189,12 +206,14 @@ def activate() -> dict[str, str]:
     """Select the ``cpu`` platform in this process; return the variables that do the same in every Ray worker.
 
     For a process that imported verl before the variables were set (the driver: Hydra imports verl's packaged
-    config), the platform singleton is replaced if it was already resolved to another device.
+    config), the platform singleton is replaced if it was already resolved to another device. The launcher's thread
+    setting travels with the variables (``verl_cpu.threads``); one that is not a positive integer is refused here.
     """
+    thread_env = thread_env_for_workers(os.environ)
     modules = [m.strip() for m in os.environ.get("VERL_USE_EXTERNAL_MODULES", "").split(",") if m.strip()]
     if PLUGIN_MODULE not in modules:
         modules.append(PLUGIN_MODULE)
-    env = {"VERL_PLATFORM": CPU_PLATFORM_NAME, "VERL_USE_EXTERNAL_MODULES": ",".join(modules)}
+    env = {"VERL_PLATFORM": CPU_PLATFORM_NAME, "VERL_USE_EXTERNAL_MODULES": ",".join(modules), **thread_env}
     os.environ.update(env)
 
     from verl.plugin.platform import get_platform, set_platform

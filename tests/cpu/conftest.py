@@ -14,14 +14,16 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def plugin_probe() -> Callable[[str, bool], str]:
-    """``probe(code, plugin)``: the stdout of ``python -c code`` with the repository on the path and, when ``plugin``,
-    ``VERL_USE_EXTERNAL_MODULES=verl_cpu VERL_PLATFORM=cpu`` (without: neither variable); a failure shows stderr."""
+def plugin_probe() -> Callable[..., str]:
+    """``probe(code, plugin, extra_env=None)``: the stdout of ``python -c code`` with the repository on the path,
+    ``extra_env`` set and, when ``plugin``, ``VERL_USE_EXTERNAL_MODULES=verl_cpu VERL_PLATFORM=cpu`` (without: neither
+    variable); a failure shows stderr."""
 
-    def probe(code: str, plugin: bool) -> str:
-        drop = ("VERL_USE_EXTERNAL_MODULES", "VERL_PLATFORM")
+    def probe(code: str, plugin: bool, extra_env: dict[str, str] | None = None) -> str:
+        drop = ("VERL_USE_EXTERNAL_MODULES", "VERL_PLATFORM", "VERL_CPU_NUM_THREADS")
         env = {key: value for key, value in os.environ.items() if key not in drop}
         env["PYTHONPATH"] = str(REPO_ROOT)
+        env.update(extra_env or {})
         if plugin:
             env.update({"VERL_USE_EXTERNAL_MODULES": "verl_cpu", "VERL_PLATFORM": "cpu"})
         command = [sys.executable, "-c", code]
