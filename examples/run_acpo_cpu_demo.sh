@@ -230,9 +230,10 @@ if demo_model != "testbed":
 else:
     print(
         "  (measured with the defaults, seed 0, from fresh clones: 39.84% -> 68.95% (+29.1 points) on one machine,"
-        " 36.91% -> 57.62% (+20.7) on another, whose build of the policy differs; rollouts are seeded, so the same"
-        " command on the same machine gives the same figures; most of it the policy giving up its hasty '~'"
-        " estimates. One seed: over three, ACPO with the look-ahead judge ends level with GRPO, docs/learning.md)"
+        " 36.91% -> 57.62% (+20.7) on another, whose policy or sampling differs in the last bits; rollouts are"
+        " seeded, so the same command on the same machine gives the same figures; most of it the policy giving up"
+        " its hasty '~' estimates. One seed: over three, ACPO with the look-ahead judge ends level with GRPO,"
+        " docs/learning.md)"
     )
 
 columns = [
