@@ -2,8 +2,10 @@
 
 Ray starts an actor that reserves no CPU (verl's training workers on a CPU pool reserve none) with
 ``OMP_NUM_THREADS=1`` unless the variable is already set, so verl's FSDP engine would run every forward and backward
-on one core while the others idle: on the 2-core testbed that made the update and the log-prob passes about 1.7x
-slower than they need be. The plugin sets the thread count of each training worker when verl imports its FSDP engine:
+on one core while the others idle: on the 2-core testbed that made a forward and backward pass 1.7x slower
+(0.49 s against 0.29 s, measured alone) and a training step 0.4 s slower
+(docs/speed/bench_testbed_step_2026-12-06.txt). The plugin sets the thread count of each training worker when verl
+imports its FSDP engine:
 
 1. ``VERL_CPU_NUM_THREADS``, if the launcher's environment sets it;
 2. else the launcher's ``OMP_NUM_THREADS`` (``activate`` forwards it as ``VERL_CPU_NUM_THREADS``: inside a Ray worker a
