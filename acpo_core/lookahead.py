@@ -22,6 +22,7 @@ credit benchmark (``benchmarks/bench_credit.py --lookahead``) runs :func:`greedy
 from __future__ import annotations
 
 import bisect
+import inspect
 import itertools
 from collections.abc import Callable, Collection, Sequence
 from functools import partial
@@ -44,6 +45,7 @@ __all__ = [
     "cut_at_text",
     "greedy_continuations",
     "greedy_generate",
+    "left_padded",
     "lookahead_batch",
     "lookahead_sequences",
     "score_lookahead",
@@ -96,47 +98,112 @@ def greedy_generate(
     max_new_tokens: int,
     micro_batch_size: int = 256,
     min_micro_batches: int = 0,
-    synced_gpus: bool = False,
+    lockstep: bool = False,
 ) -> torch.Tensor:
     """The model's greedy continuation of each context, uncut: [N, max_new_tokens] long, ``pad_id`` after the end.
 
-    Contexts are left-padded in micro-batches of ``micro_batch_size`` and run through the model's ``generate``.
-    Under FSDP every rank must run the same number of forward passes: ``min_micro_batches`` adds micro-batches of
-    one dummy context (their output is dropped; one new token, since ``synced_gpus`` keeps the rank stepping with the
-    others anyway) up to the count the ranks agreed on, and ``synced_gpus`` keeps a rank whose sequences ended
-    stepping until every rank's have (Hugging Face's flag for sharded models).
+    Contexts are left-padded in micro-batches of ``micro_batch_size``; each is prefilled once and then decoded one
+    token per forward pass with the KV cache (:func:`_greedy_micro_batch`). A row leaves the batch and the cache at its
+    end token: the judge continues from every step of a response, so its continuations end at very different lengths,
+    and a pass then costs what the unfinished rows need. Hugging Face's ``generate`` keeps every row to the longest; on
+    a testbed step this takes 0.69x its time (``benchmarks/bench_lookahead_generation.py``).
+
+    Under FSDP every rank must run the same number of forward passes (each gathers the parameters). With ``lockstep``
+    the ranks agree after every pass whether any of them is still decoding (one all-reduce, as ``generate``'s
+    ``synced_gpus`` does), and a rank with nothing left runs a one-token pass whose output is dropped;
+    ``min_micro_batches`` adds empty micro-batches up to the count the ranks agreed on.
 
     Args:
-        model: a Hugging Face causal LM (``generate``), in eval mode.
+        model: a Hugging Face causal LM (``forward(input_ids, attention_mask, position_ids, past_key_values,
+            use_cache)``), in eval mode.
         contexts: N 1-D long tensors, each [q, o_{<c_i}].
         pad_id, end_ids: padding and end-of-sequence ids.
         max_new_tokens: the longest continuation.
     """
     device = next(model.parameters()).device
+    ends = torch.tensor(sorted(end_ids), dtype=torch.long, device=device)
     out = torch.full((len(contexts), max_new_tokens), pad_id, dtype=torch.long)
     starts = list(range(0, len(contexts), micro_batch_size))
-    dummy = [torch.tensor([pad_id], dtype=torch.long)]
     for n in range(max(len(starts), min_micro_batches)):
-        chunk = contexts[starts[n] : starts[n] + micro_batch_size] if n < len(starts) else dummy
-        width = max(int(c.numel()) for c in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long, device=device)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long, device=device)
-        for row, context in enumerate(chunk):
-            ids[row, width - context.numel() :] = context.to(device)
-            mask[row, width - context.numel() :] = 1
-        generated = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=False,
-            max_new_tokens=max_new_tokens if n < len(starts) else 1,
-            pad_token_id=pad_id,
-            eos_token_id=sorted(end_ids),
-            synced_gpus=synced_gpus,
-            use_cache=True,
-        )[:, width:]
-        if n < len(starts):
-            out[starts[n] : starts[n] + len(chunk), : generated.shape[1]] = generated.cpu()
+        chunk = contexts[starts[n] : starts[n] + micro_batch_size] if n < len(starts) else []
+        generated = _greedy_micro_batch(model, chunk, pad_id, ends, max_new_tokens, lockstep)
+        if chunk:
+            out[starts[n] : starts[n] + len(chunk)] = generated
     return out
+
+
+def _greedy_micro_batch(
+    model: Any,
+    contexts: Sequence[torch.Tensor],
+    pad_id: int,
+    ends: torch.Tensor,
+    max_new_tokens: int,
+    lockstep: bool,
+) -> torch.Tensor:
+    """:func:`greedy_generate` of one micro-batch (possibly empty under ``lockstep``): [len(contexts),
+    max_new_tokens] long on the CPU."""
+    device = ends.device
+    out = torch.full((len(contexts), max_new_tokens), pad_id, dtype=torch.long)
+    active = torch.arange(len(contexts))  # the row of ``out`` of each row still decoding
+    cache = None
+    if contexts:
+        inputs, mask = (t.to(device) for t in left_padded(contexts, pad_id))
+        # Positions count real tokens only, so a left-padded row sees what it would see alone.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    # Only the last position's logits are needed; the whole prefill's would be [B, width, vocab].
+    last_only = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
+    step = 0
+    while True:
+        decoding = active.numel() > 0 and step < max_new_tokens
+        if lockstep:
+            flag = torch.tensor([int(decoding)], dtype=torch.long, device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if not bool(flag[0]):
+                break
+        elif not decoding:
+            break
+        if not decoding:
+            # Another rank is still decoding: gather the parameters with it, drop the output.
+            model(input_ids=torch.full((1, 1), pad_id, dtype=torch.long, device=device), use_cache=False)
+            continue
+        output = model(
+            input_ids=inputs,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            **last_only,
+        )
+        cache = output.past_key_values
+        tokens = output.logits[:, -1].argmax(dim=-1)
+        out[active, step] = tokens.cpu()
+        step += 1
+        going = ~torch.isin(tokens, ends)
+        if not bool(going.all()):
+            kept = going.nonzero().squeeze(-1)
+            cache.batch_select_indices(kept)
+            active, tokens, mask, positions = active[kept.cpu()], tokens[kept], mask[kept], positions[kept]
+        inputs = tokens.unsqueeze(-1)
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+        positions = positions[:, -1:] + 1
+    return out
+
+
+def left_padded(contexts: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask), both [N, longest] long on the CPU: each 1-D context right-aligned after ``pad_id``."""
+    width = max(int(c.numel()) for c in contexts)
+    ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(contexts), width), dtype=torch.long)
+    for row, context in enumerate(contexts):
+        ids[row, width - context.numel() :] = context
+        mask[row, width - context.numel() :] = 1
+    return ids, mask
+
+
+def _takes_logits_to_keep(model: Any) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs since 4.50); FSDP1 wraps the
+    Hugging Face model as ``module``."""
+    return "logits_to_keep" in inspect.signature(getattr(model, "module", model).forward).parameters
 
 
 def greedy_continuations(

@@ -17,8 +17,8 @@ remove-padding) is switched for that forward only and restored afterwards
 (``acpo_core.scoring.attention_implementation``).
 
 ``ACPOActorRolloutRefWorker.generate_lookahead`` serves the look-ahead judge (§3.3, ``acpo.attribution.judge=
-lookahead``): the old policy's greedy continuation of every prefix [q, o_<c_i], generated on the same FSDP model with
-Hugging Face's ``generate`` (``synced_gpus`` across ranks, after the ranks agree on a micro-batch count).
+lookahead``): the old policy's greedy continuation of every prefix [q, o_<c_i], generated on the same FSDP model by
+``acpo_core.lookahead.greedy_generate`` (in lockstep across ranks, after the ranks agree on a micro-batch count).
 
 The driver-side halves live here too, so that the scoring message has one owner: :func:`score_answers` is what the
 trainer calls, with the actor worker group, to score an ``acpo_core.attribution.AttributionBatch`` either way (§3):
@@ -162,8 +162,8 @@ class ACPOActorRolloutRefWorker(ActorRolloutRefWorker):
         (``pad_id`` after an end token).
 
         ``data`` (:func:`continue_on_workers`): ``contexts`` (jagged, [q, o_<c_i] each) plus the settings of
-        ``LOOKAHEAD_DEFAULTS``. The ranks agree on the largest micro-batch count first and generate with
-        ``synced_gpus``, so every rank runs the same number of forward passes (FSDP's parameter gathers). Generation
+        ``LOOKAHEAD_DEFAULTS``. The ranks agree on the largest micro-batch count first and generate in
+        lockstep, so every rank runs the same number of forward passes (FSDP's parameter gathers). Generation
         runs on the actor's own model under sdpa attention (verl's remove-padding patches expect packed inputs) and
         the log-prob pass's autocast; under FSDP1 the root's parameters are gathered around it, as verl's HF rollout
         does.
@@ -184,7 +184,7 @@ class ACPOActorRolloutRefWorker(ActorRolloutRefWorker):
             gathered = torch.distributed.fsdp.FullyShardedDataParallel.summon_full_params(
                 model, writeback=False, recurse=False
             )
-        synced = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+        lockstep = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
         with engine.eval_mode(), torch.no_grad(), self._autocast(), attention_implementation(model, "sdpa"), gathered:
             continuations = greedy_generate(
                 model,
@@ -194,7 +194,7 @@ class ACPOActorRolloutRefWorker(ActorRolloutRefWorker):
                 max_new_tokens=int(settings["max_new_tokens"]),
                 micro_batch_size=micro_batch_size,
                 min_micro_batches=micro_batches,
-                synced_gpus=synced,
+                lockstep=lockstep,
             )
         return TensorDict({CONTINUATIONS_KEY: continuations}, batch_size=[len(contexts)])
 

@@ -5,7 +5,6 @@ The hit rates themselves come from the benchmark's runs (docs/algorithm.md §3.2
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import sys
@@ -101,16 +100,6 @@ def test_dump_mode_refuses_a_folder_without_dump_files(tmp_path: Path) -> None:
     (tmp_path / "step_000001.jsonl").write_text('{"steps": 3}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"step_000001\.jsonl: line 1"):
         bench.main(["dump", str(tmp_path)])
-
-
-@pytest.fixture(scope="module")
-def tiny_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from recipe.acpo.testbed import PolicySpec, build_policy
-
-    tiny = PolicySpec(hidden_size=32, num_layers=1, num_heads=2, sft_problems=50, sft_steps=2, batch_size=8)
-    folder = tmp_path_factory.mktemp("tiny_testbed") / "policy"
-    build_policy(folder, seed=0, policy=dataclasses.replace(tiny, eval_problems=2), log=lambda _: None)
-    return folder
 
 
 def test_testbed_samples_the_held_out_problems_of_the_task_the_policy_was_built_for(tiny_policy: Path) -> None:

@@ -580,7 +580,8 @@ def test_extra_padding_changes_nothing(
     assert torch.allclose(padded.token_advantages[:, :width], plain.token_advantages, rtol=1e-5, atol=1e-5)
     assert torch.equal(padded.token_advantages[:, width:], torch.zeros_like(padded.token_advantages[:, width:]))
     assert torch.allclose(padded.step_advantages[:, :kmax], plain.step_advantages, rtol=1e-5, atol=1e-5)
-    assert padded.metrics == pytest.approx(plain.metrics)
+    # Means over the batch, summed in another order: 1.6e-6 relative seen on acpo/attr_gain.
+    assert padded.metrics == pytest.approx(plain.metrics, rel=1e-5, abs=1e-6)
 
 
 @settings(max_examples=40, deadline=None)

@@ -208,34 +208,6 @@ def test_greedy_continuations_are_the_models_greedy_tokens_cut_and_without_paddi
     assert all(len(row) <= 6 and eos not in row for row in out)
 
 
-def test_greedy_generate_runs_the_agreed_micro_batches_and_pads_after_the_end(model: Any, qwen_tokenizer: Any) -> None:
-    from acpo_core.lookahead import greedy_generate
-
-    texts = ["What is 2 + 3? Let us see.", "Sum", "Four and"]
-    contexts = [torch.tensor(qwen_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    pad, eos = qwen_tokenizer.pad_token_id, qwen_tokenizer.eos_token_id
-    calls: list[int] = []
-    generate = model.generate
-
-    def counted(**kwargs: Any) -> torch.Tensor:
-        calls.append(int(kwargs["input_ids"].shape[0]))
-        return generate(**kwargs)
-
-    model.generate = counted
-    try:
-        # Two micro-batches of real contexts, then dummy ones up to the count the ranks agreed on (FSDP lockstep).
-        out = greedy_generate(model, contexts, pad, {eos}, 5, micro_batch_size=2, min_micro_batches=4)
-        alone = greedy_generate(model, contexts, pad, {eos}, 5, micro_batch_size=3)
-    finally:
-        del model.generate
-    assert calls == [2, 1, 1, 1, 3]
-    assert out.shape == (3, 5) and out.dtype == torch.long
-    assert torch.equal(out, alone)  # what the dummies do is dropped
-    for row in out.tolist():
-        if eos in row:
-            assert set(row[row.index(eos) + 1 :]) <= {pad}
-
-
 def test_remembered_continuations_generate_each_distinct_context_once() -> None:
     from acpo_core.lookahead import RememberedContinuations
 

@@ -1,0 +1,141 @@
+"""acpo_core.lookahead.greedy_generate: the model's greedy tokens, rows leaving the batch at their end token, and
+every rank running the same forward passes in lockstep.
+
+A tiny random Llama (built from its config, no files) stands in for the policy. Its end token is chosen from its own
+greedy output, so that the rows of one micro-batch end at different lengths. The lockstep case spawns two gloo ranks
+whose forward passes each hold an all-reduce (standing in for FSDP's parameter gather): a rank that ran fewer passes
+would leave the other blocked until the gloo timeout (20 s), which the test reports as a failure.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from acpo_core.lookahead import greedy_generate
+
+PAD, MAX_NEW = 0, 12
+CONTEXTS = [[5, 9, 3], [7], [11, 4, 8, 2, 6], [3, 3], [20, 1, 14, 9]]
+
+
+def tiny_llama() -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=32,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        attn_implementation="sdpa",
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def contexts() -> list[torch.Tensor]:
+    return [torch.tensor(c, dtype=torch.long) for c in CONTEXTS]
+
+
+def end_token(model: Any) -> int:
+    """A token the model writes early in some continuations but not in all: rows then end at different lengths."""
+    never = greedy_generate(model, contexts(), PAD, {31}, MAX_NEW)
+    firsts = {int(t) for t in never[:, 1:4].flatten()} - {PAD}
+    for token in sorted(firsts):
+        ends = [(row == token).nonzero()[:1].tolist() for row in never]
+        if 1 < sum(bool(e) for e in ends) < len(ends):
+            return token
+    raise AssertionError(f"no token ends some rows early: {never.tolist()}")
+
+
+def count_passes(model: Any, collective: bool = False) -> list[tuple[int, int]]:
+    """(rows, tokens per row) of every forward pass the model runs from now on (each joins an all-reduce if
+    ``collective``)."""
+    sizes: list[tuple[int, int]] = []
+
+    def hook(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        sizes.append(tuple(kwargs["input_ids"].shape))
+        if collective:
+            dist.all_reduce(torch.ones(1))
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    return sizes
+
+
+def test_greedy_generate_is_hf_greedy_per_context_and_drops_finished_rows() -> None:
+    model = tiny_llama()
+    end = end_token(model)
+    counted = count_passes(model)
+    out = greedy_generate(model, contexts(), PAD, {end}, MAX_NEW, micro_batch_size=3)
+    passes = list(counted)
+    assert out.shape == (len(CONTEXTS), MAX_NEW) and out.dtype == torch.long
+    for row, context in zip(out.tolist(), contexts()):
+        alone = model.generate(
+            input_ids=context[None], do_sample=False, max_new_tokens=MAX_NEW, eos_token_id=end, pad_token_id=PAD
+        )[0, context.numel() :].tolist()
+        assert row[: len(alone)] == alone and set(row[len(alone) :]) <= {PAD}
+        if end in alone:
+            assert alone.index(end) == len(alone) - 1
+    # Two micro-batches (3 + 2 rows), each prefilled whole; a row that wrote its end token left the next passes.
+    ends_early = [end in row[: MAX_NEW - 1] for row in out.tolist()]
+    assert any(ends_early) and not all(ends_early)
+    prefills = [n for n, (_, width) in enumerate(passes) if width > 1]
+    assert [passes[n] for n in prefills] == [(3, 5), (2, 4)]
+    for chunk in (passes[: prefills[1]], passes[prefills[1] :]):
+        rows = [r for r, _ in chunk]
+        assert rows == sorted(rows, reverse=True)
+    assert min(r for r, _ in passes) == 1
+    assert len(passes) < 2 * MAX_NEW  # generate would run MAX_NEW passes per micro-batch unless every row ends
+
+
+def _lockstep_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=20))
+    try:
+        model = tiny_llama()
+        end = end_token(model)
+        # Rank 0: three micro-batches of 2, 2 and 1 rows; rank 1: one of 1 row, padded to the agreed three.
+        mine = contexts() if rank == 0 else contexts()[1:2]
+        alone = greedy_generate(model, mine, PAD, {end}, MAX_NEW, micro_batch_size=2)
+        passes = count_passes(model, collective=True)
+        together = greedy_generate(
+            model, mine, PAD, {end}, MAX_NEW, micro_batch_size=2, min_micro_batches=3, lockstep=True
+        )
+        result = {"passes": len(passes), "sizes": passes, "equal": torch.equal(alone, together)}
+    except Exception as err:  # a rank left waiting turns into a gloo timeout here
+        result = {"error": f"{type(err).__name__}: {err}"}
+    Path(out, f"rank{rank}.json").write_text(json.dumps(result), encoding="utf-8")
+    dist.barrier()
+    dist.destroy_process_group()
+    # Without the interpreter's teardown: gloo's threads may abort it at exit (tests/core/test_fail_fast.py).
+    os._exit(0)
+
+
+def test_greedy_generate_in_lockstep_runs_the_same_passes_on_every_rank(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Spawned children unpickle the worker by module name: import this file as a top-level module they can find.
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    worker = importlib.import_module(Path(__file__).stem)._lockstep_worker
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    results = [json.loads(Path(tmp_path, f"rank{rank}.json").read_text(encoding="utf-8")) for rank in range(2)]
+    assert all("error" not in r for r in results), results
+    assert results[0]["passes"] == results[1]["passes"]
+    assert all(r["equal"] for r in results)
+    # Rank 1 ran one-token passes (batch size 1) while rank 0 went on decoding its micro-batches.
+    assert results[1]["sizes"].count([1, 1]) > results[0]["sizes"].count([1, 1])
