@@ -99,6 +99,7 @@ def greedy_generate(
     micro_batch_size: int = 256,
     min_micro_batches: int = 0,
     lockstep: bool = False,
+    device: torch.device | str | int | None = None,
 ) -> torch.Tensor:
     """The model's greedy continuation of each context, uncut: [N, max_new_tokens] long, ``pad_id`` after the end.
 
@@ -106,7 +107,9 @@ def greedy_generate(
     token per forward pass with the KV cache (:func:`_greedy_micro_batch`). A row leaves the batch and the cache at its
     end token: the judge continues from every step of a response, so its continuations end at very different lengths,
     and a pass then costs what the unfinished rows need. Hugging Face's ``generate`` keeps every row to the longest; on
-    a testbed step this takes 0.69x its time (``benchmarks/bench_lookahead_generation.py``).
+    a testbed step this takes 0.69x its time at 64 contexts a micro-batch and 0.51x at 256
+    (``benchmarks/bench_lookahead_generation.py``). Greedy means the argmax of the model's logits: no processor of
+    the model's ``generation_config`` (a repetition penalty, say) applies.
 
     Under FSDP every rank must run the same number of forward passes (each gathers the parameters). With ``lockstep``
     the ranks agree after every pass whether any of them is still decoding (one all-reduce, as ``generate``'s
@@ -114,13 +117,15 @@ def greedy_generate(
     ``min_micro_batches`` adds empty micro-batches up to the count the ranks agreed on.
 
     Args:
-        model: a Hugging Face causal LM (``forward(input_ids, attention_mask, position_ids, past_key_values,
-            use_cache)``), in eval mode.
+        model: a Hugging Face decoder-only text LM, in eval mode, whose forward takes ``input_ids, attention_mask,
+            position_ids, past_key_values, use_cache`` and whose KV cache can drop rows (``batch_select_indices``:
+            attention layers; a linear-attention or state-space layer cannot).
         contexts: N 1-D long tensors, each [q, o_{<c_i}].
         pad_id, end_ids: padding and end-of-sequence ids.
         max_new_tokens: the longest continuation.
+        device: where the inputs go (default: the first parameter's, which is the CPU under FSDP's offloading).
     """
-    device = next(model.parameters()).device
+    device = next(model.parameters()).device if device is None else device
     ends = torch.tensor(sorted(end_ids), dtype=torch.long, device=device)
     out = torch.full((len(contexts), max_new_tokens), pad_id, dtype=torch.long)
     starts = list(range(0, len(contexts), micro_batch_size))
@@ -181,6 +186,11 @@ def _greedy_micro_batch(
         going = ~torch.isin(tokens, ends)
         if not bool(going.all()):
             kept = going.nonzero().squeeze(-1)
+            if not hasattr(cache, "batch_select_indices"):
+                raise TypeError(
+                    f"greedy_generate drops ended rows from the KV cache, which {type(cache).__name__} cannot: "
+                    "the look-ahead judge needs a decoder whose cache has batch_select_indices"
+                )
             cache.batch_select_indices(kept)
             active, tokens, mask, positions = active[kept.cpu()], tokens[kept], mask[kept], positions[kept]
         inputs = tokens.unsqueeze(-1)
@@ -201,9 +211,12 @@ def left_padded(contexts: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Te
 
 
 def _takes_logits_to_keep(model: Any) -> bool:
-    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs since 4.50); FSDP1 wraps the
-    Hugging Face model as ``module``."""
-    return "logits_to_keep" in inspect.signature(getattr(model, "module", model).forward).parameters
+    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs since 4.50). FSDP1 wraps the
+    Hugging Face model as ``module``; a PEFT (LoRA) model passes its keyword arguments on to its base model."""
+    inner = getattr(model, "module", model)
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def greedy_continuations(

@@ -165,8 +165,7 @@ class ACPOActorRolloutRefWorker(ActorRolloutRefWorker):
         ``LOOKAHEAD_DEFAULTS``. The ranks agree on the largest micro-batch count first and generate in
         lockstep, so every rank runs the same number of forward passes (FSDP's parameter gathers). Generation
         runs on the actor's own model under sdpa attention (verl's remove-padding patches expect packed inputs) and
-        the log-prob pass's autocast; under FSDP1 the root's parameters are gathered around it, as verl's HF rollout
-        does.
+        the log-prob pass's autocast.
         """
         self._check_acpo_support()
         settings = {key: tu.get_non_tensor_data(data, key, default=value) for key, value in LOOKAHEAD_DEFAULTS.items()}
@@ -178,14 +177,10 @@ class ACPOActorRolloutRefWorker(ActorRolloutRefWorker):
         micro_batches, _ = self._agree_across_ranks(-(-len(contexts) // micro_batch_size), False)
         engine = self.actor.engine
         model = engine.module
-        gathered = nullcontext()
-        if isinstance(model, torch.distributed.fsdp.FullyShardedDataParallel):
-            # recurse=False: the root's own parameters (embeddings, head); the nested units gather in their forwards.
-            gathered = torch.distributed.fsdp.FullyShardedDataParallel.summon_full_params(
-                model, writeback=False, recurse=False
-            )
         lockstep = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
-        with engine.eval_mode(), torch.no_grad(), self._autocast(), attention_implementation(model, "sdpa"), gathered:
+        # The model is called through its forward (FSDP1's root gathers its own parameters there, as in the scoring
+        # pass), on verl's compute device (the parameters may live on the CPU under offloading).
+        with engine.eval_mode(), torch.no_grad(), self._autocast(), attention_implementation(model, "sdpa"):
             continuations = greedy_generate(
                 model,
                 contexts,
@@ -195,6 +190,7 @@ class ACPOActorRolloutRefWorker(ActorRolloutRefWorker):
                 micro_batch_size=micro_batch_size,
                 min_micro_batches=micro_batches,
                 lockstep=lockstep,
+                device=get_device_id(),
             )
         return TensorDict({CONTINUATIONS_KEY: continuations}, batch_size=[len(contexts)])
 

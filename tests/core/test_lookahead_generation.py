@@ -4,7 +4,7 @@ every rank running the same forward passes in lockstep.
 A tiny random Llama (built from its config, no files) stands in for the policy. Its end token is chosen from its own
 greedy output, so that the rows of one micro-batch end at different lengths. The lockstep case spawns two gloo ranks
 whose forward passes each hold an all-reduce (standing in for FSDP's parameter gather): a rank that ran fewer passes
-would leave the other blocked until the gloo timeout (20 s), which the test reports as a failure.
+would leave the other blocked until the gloo timeout (120 s), which the test reports as a failure.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import datetime
 import importlib
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -60,25 +59,32 @@ def end_token(model: Any) -> int:
     raise AssertionError(f"no token ends some rows early: {never.tolist()}")
 
 
-def count_passes(model: Any, collective: bool = False) -> list[tuple[int, int]]:
-    """(rows, tokens per row) of every forward pass the model runs from now on (each joins an all-reduce if
-    ``collective``)."""
-    sizes: list[tuple[int, int]] = []
+def count_passes(model: Any, collective: bool = False) -> list[tuple[int, int, bool]]:
+    """(rows, tokens per row, whether it used the cache) of every forward pass the model runs from now on; each joins
+    an all-reduce if ``collective``."""
+    passes: list[tuple[int, int, bool]] = []
 
     def hook(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
-        sizes.append(tuple(kwargs["input_ids"].shape))
+        passes.append((*kwargs["input_ids"].shape, bool(kwargs.get("use_cache"))))
         if collective:
             dist.all_reduce(torch.ones(1))
 
     model.register_forward_pre_hook(hook, with_kwargs=True)
-    return sizes
+    return passes
+
+
+def expected_rows_per_pass(out: torch.Tensor, end: int) -> list[int]:
+    """The rows one micro-batch holding every row of ``out`` decodes in each pass: a row takes part up to and
+    including the pass that wrote its end token."""
+    last = [row.index(end) if end in row else MAX_NEW - 1 for row in out.tolist()]
+    return [sum(n >= k for n in last) for k in range(max(last) + 1)]
 
 
 def test_greedy_generate_is_hf_greedy_per_context_and_drops_finished_rows() -> None:
     model = tiny_llama()
     end = end_token(model)
     counted = count_passes(model)
-    out = greedy_generate(model, contexts(), PAD, {end}, MAX_NEW, micro_batch_size=3)
+    out = greedy_generate(model, contexts(), PAD, {end}, MAX_NEW, micro_batch_size=len(CONTEXTS))
     passes = list(counted)
     assert out.shape == (len(CONTEXTS), MAX_NEW) and out.dtype == torch.long
     for row, context in zip(out.tolist(), contexts()):
@@ -86,34 +92,31 @@ def test_greedy_generate_is_hf_greedy_per_context_and_drops_finished_rows() -> N
             input_ids=context[None], do_sample=False, max_new_tokens=MAX_NEW, eos_token_id=end, pad_token_id=PAD
         )[0, context.numel() :].tolist()
         assert row[: len(alone)] == alone and set(row[len(alone) :]) <= {PAD}
-        if end in alone:
-            assert alone.index(end) == len(alone) - 1
-    # Two micro-batches (3 + 2 rows), each prefilled whole; a row that wrote its end token left the next passes.
-    ends_early = [end in row[: MAX_NEW - 1] for row in out.tolist()]
-    assert any(ends_early) and not all(ends_early)
-    prefills = [n for n, (_, width) in enumerate(passes) if width > 1]
-    assert [passes[n] for n in prefills] == [(3, 5), (2, 4)]
-    for chunk in (passes[: prefills[1]], passes[prefills[1] :]):
-        rows = [r for r, _ in chunk]
-        assert rows == sorted(rows, reverse=True)
-    assert min(r for r, _ in passes) == 1
-    assert len(passes) < 2 * MAX_NEW  # generate would run MAX_NEW passes per micro-batch unless every row ends
+    # One prefill of every row, then one token a pass for the rows that have not written their end token.
+    rows = expected_rows_per_pass(out, end)
+    assert rows[-1] < len(CONTEXTS)  # some row ended before the last pass (end_token chose so)
+    assert [r for r, _, _ in passes] == rows
+    assert passes[0][1] == max(len(c) for c in CONTEXTS) and all(width == 1 for _, width, _ in passes[1:])
+    # Micro-batches of 3 and 2 rows continue every context the same way.
+    assert torch.equal(greedy_generate(model, contexts(), PAD, {end}, MAX_NEW, micro_batch_size=3), out)
 
 
-def _lockstep_worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=20))
+def _lockstep_worker(rank: int, init_file: str, out: str) -> None:
+    model = tiny_llama()  # transformers imported before the group's clock starts
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=120)
+    )
     try:
-        model = tiny_llama()
         end = end_token(model)
-        # Rank 0: three micro-batches of 2, 2 and 1 rows; rank 1: one of 1 row, padded to the agreed three.
-        mine = contexts() if rank == 0 else contexts()[1:2]
+        # Rank 0: three micro-batches of 2, 2 and 1 rows; rank 1: one of 1 row, then two empty ones (the agreed 3).
+        mine = contexts() if rank == 0 else contexts()[2:3]
         alone = greedy_generate(model, mine, PAD, {end}, MAX_NEW, micro_batch_size=2)
         passes = count_passes(model, collective=True)
         together = greedy_generate(
             model, mine, PAD, {end}, MAX_NEW, micro_batch_size=2, min_micro_batches=3, lockstep=True
         )
-        result = {"passes": len(passes), "sizes": passes, "equal": torch.equal(alone, together)}
+        dummies = sum(not used_cache for _, _, used_cache in passes)
+        result = {"passes": len(passes), "dummies": dummies, "equal": torch.equal(alone, together)}
     except Exception as err:  # a rank left waiting turns into a gloo timeout here
         result = {"error": f"{type(err).__name__}: {err}"}
     Path(out, f"rank{rank}.json").write_text(json.dumps(result), encoding="utf-8")
@@ -129,13 +132,10 @@ def test_greedy_generate_in_lockstep_runs_the_same_passes_on_every_rank(
     # Spawned children unpickle the worker by module name: import this file as a top-level module they can find.
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     worker = importlib.import_module(Path(__file__).stem)._lockstep_worker
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    mp.spawn(worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
     results = [json.loads(Path(tmp_path, f"rank{rank}.json").read_text(encoding="utf-8")) for rank in range(2)]
     assert all("error" not in r for r in results), results
     assert results[0]["passes"] == results[1]["passes"]
     assert all(r["equal"] for r in results)
-    # Rank 1 ran one-token passes (batch size 1) while rank 0 went on decoding its micro-batches.
-    assert results[1]["sizes"].count([1, 1]) > results[0]["sizes"].count([1, 1])
+    # Rank 1 ran one-token passes without the cache while rank 0 went on with its second and third micro-batches.
+    assert results[1]["dummies"] > 0
