@@ -69,18 +69,28 @@ def line_start_prefixes(
     return list(seen.values())
 
 
-def sample_step(model: Any, tokenizer: Any, problems: int, samples: int, seed: int) -> tuple[list, list]:
-    """(prompt ids, response ids) of ``problems`` x ``samples`` responses sampled at temperature 1."""
+def step_problems(problems: int, seed: int) -> list[Any]:
+    """The ``problems`` testbed problems (``recipe.acpo.testbed.task.StepProblem``) of a step drawn with ``seed``."""
     from recipe.acpo.testbed.task import TaskSpec, generate
 
-    torch.manual_seed(seed)
-    prompts = [
+    return generate(problems, TaskSpec(), seed=seed + 2_000_003, pool="rl")
+
+
+def step_prompts(tokenizer: Any, problems: int, samples: int, seed: int) -> list[list[int]]:
+    """The chat-templated prompt ids of :func:`step_problems`, each ``samples`` times (a step's requests)."""
+    texts = [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": p.prompt}], add_generation_prompt=True, tokenize=False
         )
-        for p in generate(problems, TaskSpec(), seed=seed + 2_000_003, pool="rl")
+        for p in step_problems(problems, seed)
     ]
-    prompt_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts for _ in range(samples)]
+    return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts for _ in range(samples)]
+
+
+def sample_step(model: Any, tokenizer: Any, problems: int, samples: int, seed: int) -> tuple[list, list]:
+    """(prompt ids, response ids) of ``problems`` x ``samples`` responses sampled at temperature 1."""
+    torch.manual_seed(seed)
+    prompt_ids = step_prompts(tokenizer, problems, samples, seed)
     tokenizer.padding_side = "left"
     encoded = tokenizer.pad({"input_ids": prompt_ids}, return_tensors="pt")
     out = model.generate(

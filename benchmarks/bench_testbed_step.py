@@ -14,6 +14,11 @@ least. The first ``--warmup`` steps of each run are left out.
 Without ``--variant`` it compares the CPU preset (the recipe's agent loop scores each response) with verl's
 reward-loop workers (``reward.reward_kwargs.score_in_agent_loop=false``). The policy and data are built in
 ``--work`` as ``bench_learning.py`` builds them (about 3 minutes the first time).
+
+``--floor`` also times, in this process and between the runs (before the first and after each), the same step's work
+as plain torch computations on the built policy (``benchmarks/step_floor.py``), and prints their medians as one more
+row: what separates verl's timers from it is the work around the computation and waiting. With ``--floor`` and no
+``--variant``, only the baseline runs.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_learning import _log, _run, check_task, prepare, stage_command
+from step_floor import FLOOR_TIMERS, measure_step_floor
 
 from recipe.acpo.testbed.task import TaskSpec
 
 BASELINE = "baseline"
-TIMERS = ("gen", "old_log_prob", "adv", "update_actor", "step")
+FLOOR = "plain torch floor"
+TIMERS = FLOOR_TIMERS
 DEFAULT_VARIANTS = {"verl reward workers": ["reward.reward_kwargs.score_in_agent_loop=false"]}
 # The demo's run, less what a timing run does not need.
 TIMING_ONLY = (
@@ -113,9 +120,9 @@ def format_summary(summary: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def parse_variants(raw: Sequence[Sequence[str]] | None) -> dict[str, list[str]]:
+def parse_variants(raw: Sequence[Sequence[str]] | None, floor: bool = False) -> dict[str, list[str]]:
     if not raw:
-        return dict(DEFAULT_VARIANTS)
+        return {} if floor else dict(DEFAULT_VARIANTS)
     variants: dict[str, list[str]] = {}
     for name, *overrides in raw:
         if name == BASELINE or name in variants:
@@ -143,9 +150,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--variant", nargs="+", action="append", metavar=("NAME", "OVERRIDE"), help="a named set of Hydra overrides"
     )
+    parser.add_argument("--floor", action="store_true", help="also time the step as plain torch computations")
     args = parser.parse_args(argv)
     try:
-        variants = parse_variants(args.variant)
+        variants = parse_variants(args.variant, args.floor)
     except ValueError as err:
         parser.error(str(err))
     if args.steps <= args.warmup:
@@ -161,6 +169,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     order = [BASELINE, *variants]
     runs: dict[str, list[dict[int, dict[str, float]]]] = {name: [] for name in order}
     all_overrides = {BASELINE: [], **variants}
+    floors: list[dict[str, float]] = []
+
+    def time_floor() -> None:
+        if args.floor:
+            _log(start, "plain torch floor")
+            floors.append(measure_step_floor(policy, args.batch_size, args.rollout_n))
+
+    time_floor()
     for repeat in range(args.repeats):
         for name in order if repeat % 2 == 0 else order[::-1]:
             run_dir = work / "step_time" / f"{name.replace(' ', '_')}_{repeat}"
@@ -175,9 +191,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                 env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(metrics)}
                 _run(command, run_dir / "stage1.log", env=env)
             runs[name].append(step_timers(metrics, args.warmup))
+            time_floor()
     summary = paired_summary(runs)
+    if floors:
+        summary[FLOOR] = {key: {"median": statistics.median(f[key] for f in floors)} for key in floors[0]}
     print(f"\n{args.steps - args.warmup} steps x {args.repeats} runs per variant, 128 responses a step")
     print(format_summary(summary))
+    if floors:
+        shape = summary[FLOOR]
+        print(
+            f"{FLOOR}: {len(floors)} measurements between the runs, on the policy as built: "
+            f"{shape['responses']['median']:.0f} responses of {shape['response_tokens_mean']['median']:.1f} tokens, "
+            f"{shape['prefixes']['median']:.0f} prefixes continued by the look-ahead judge"
+        )
     out = work / "step_time" / "bench_testbed_step.json"
     out.write_text(json.dumps({"variants": all_overrides, "summary": summary}, indent=1))
     print(f"wrote {out}")

@@ -54,3 +54,14 @@ def test_variants_need_a_name_of_their_own_and_key_value_overrides() -> None:
         bench.parse_variants([["baseline", "a=1"]])
     with pytest.raises(ValueError, match="its own name"):
         bench.parse_variants([["x", "a=1"], ["x", "b=2"]])
+
+
+def test_the_floor_alone_runs_only_the_baseline_and_prints_as_one_more_row() -> None:
+    assert bench.parse_variants(None, floor=True) == {}
+    assert bench.parse_variants([["x", "a=1"]], floor=True) == {"x": ["a=1"]}
+    summary = {
+        bench.BASELINE: {"gen": {"median": 2.0}, "step": {"median": 4.5}},
+        bench.FLOOR: {"gen": {"median": 0.25}, "step": {"median": 1.25}},
+    }
+    floor_row = bench.format_summary(summary).splitlines()[2]
+    assert floor_row.startswith(bench.FLOOR) and "0.250" in floor_row and "1.250" in floor_row
