@@ -37,6 +37,7 @@ from acpo_core.attribution import (
     check_attribution_batch,
     naive_sequences,
 )
+from acpo_core.fail_fast import agree_on_failure
 
 __all__ = [
     "ContinueFn",
@@ -114,7 +115,11 @@ def greedy_generate(
     Under FSDP every rank must run the same number of forward passes (each gathers the parameters). With ``lockstep``
     the ranks agree after every pass whether any of them is still decoding (one all-reduce, as ``generate``'s
     ``synced_gpus`` does), and a rank with nothing left runs a one-token pass whose output is dropped;
-    ``min_micro_batches`` adds empty micro-batches up to the count the ranks agreed on.
+    ``min_micro_batches`` adds empty micro-batches up to the count the ranks agreed on. The same all-reduce says
+    whether a rank has failed outside a forward's collectives (building its micro-batch, reading its logits, dropping
+    rows from its cache): every rank then raises :class:`acpo_core.fail_fast.RankFailure` with that rank's error
+    (:func:`acpo_core.fail_fast.agree_on_failure`), instead of waiting in the next forward's gather for a rank that
+    has left.
 
     Args:
         model: a Hugging Face decoder-only text LM, in eval mode, whose forward takes ``input_ids, attention_mask,
@@ -151,19 +156,28 @@ def _greedy_micro_batch(
     out = torch.full((len(contexts), max_new_tokens), pad_id, dtype=torch.long)
     active = torch.arange(len(contexts))  # the row of ``out`` of each row still decoding
     cache = None
-    if contexts:
-        inputs, mask = (t.to(device) for t in left_padded(contexts, pad_id))
-        # Positions count real tokens only, so a left-padded row sees what it would see alone.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    # Only the last position's logits are needed; the whole prefill's would be [B, width, vocab].
-    last_only = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
+    error: Exception | None = None  # this rank's failure, agreed on before the next pass (lockstep only)
+    try:
+        if contexts:
+            inputs, mask = (t.to(device) for t in left_padded(contexts, pad_id))
+            # Positions count real tokens only, so a left-padded row sees what it would see alone.
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        # Only the last position's logits are needed; the whole prefill's would be [B, width, vocab].
+        last_only = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
+    except Exception as err:  # must reach the other ranks: they are about to gather parameters with this one
+        if not lockstep:
+            raise
+        error = err
     step = 0
     while True:
-        decoding = active.numel() > 0 and step < max_new_tokens
+        decoding = error is None and active.numel() > 0 and step < max_new_tokens
         if lockstep:
-            flag = torch.tensor([int(decoding)], dtype=torch.long, device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            if not bool(flag[0]):
+            flags = torch.tensor([int(decoding), int(error is not None)], dtype=torch.long, device=device)
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            if bool(flags[1]):
+                # Raises on every rank, naming the failed ones and their errors.
+                agree_on_failure(error, torch.distributed.group.WORLD, device, "the look-ahead judge's generation")
+            if not bool(flags[0]):
                 break
         elif not decoding:
             break
@@ -171,31 +185,36 @@ def _greedy_micro_batch(
             # Another rank is still decoding: gather the parameters with it, drop the output.
             model(input_ids=torch.full((1, 1), pad_id, dtype=torch.long, device=device), use_cache=False)
             continue
-        output = model(
-            input_ids=inputs,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-            **last_only,
-        )
-        cache = output.past_key_values
-        tokens = output.logits[:, -1].argmax(dim=-1)
-        out[active, step] = tokens.cpu()
-        step += 1
-        going = ~torch.isin(tokens, ends)
-        if not bool(going.all()):
-            kept = going.nonzero().squeeze(-1)
-            if not hasattr(cache, "batch_select_indices"):
-                raise TypeError(
-                    f"greedy_generate drops ended rows from the KV cache, which {type(cache).__name__} cannot: "
-                    "the look-ahead judge needs a decoder whose cache has batch_select_indices"
-                )
-            cache.batch_select_indices(kept)
-            active, tokens, mask, positions = active[kept.cpu()], tokens[kept], mask[kept], positions[kept]
-        inputs = tokens.unsqueeze(-1)
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
-        positions = positions[:, -1:] + 1
+        try:
+            output = model(
+                input_ids=inputs,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                **last_only,
+            )
+            cache = output.past_key_values
+            tokens = output.logits[:, -1].argmax(dim=-1)
+            out[active, step] = tokens.cpu()
+            step += 1
+            going = ~torch.isin(tokens, ends)
+            if not bool(going.all()):
+                kept = going.nonzero().squeeze(-1)
+                if not hasattr(cache, "batch_select_indices"):
+                    raise TypeError(
+                        f"greedy_generate drops ended rows from the KV cache, which {type(cache).__name__} cannot: "
+                        "the look-ahead judge needs a decoder whose cache has batch_select_indices"
+                    )
+                cache.batch_select_indices(kept)
+                active, tokens, mask, positions = active[kept.cpu()], tokens[kept], mask[kept], positions[kept]
+            inputs = tokens.unsqueeze(-1)
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+            positions = positions[:, -1:] + 1
+        except Exception as err:  # after the forward's collectives: the other ranks meet this one at the next flag
+            if not lockstep:
+                raise
+            error = err
     return out
 
 

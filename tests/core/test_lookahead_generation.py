@@ -1,5 +1,5 @@
-"""acpo_core.lookahead.greedy_generate: the model's greedy tokens, rows leaving the batch at their end token, and
-every rank running the same forward passes in lockstep.
+"""acpo_core.lookahead.greedy_generate: the model's greedy tokens, rows leaving the batch at their end token, every
+rank running the same forward passes in lockstep, and one rank's failure stopping every rank.
 
 A tiny random Llama (built from its config, no files) stands in for the policy. Its end token is chosen from its own
 greedy output, so that the rows of one micro-batch end at different lengths. The lockstep case spawns two gloo ranks
@@ -13,6 +13,7 @@ import datetime
 import importlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from acpo_core.fail_fast import RankFailure
 from acpo_core.lookahead import greedy_generate
 
 PAD, MAX_NEW = 0, 12
@@ -119,6 +121,11 @@ def _lockstep_worker(rank: int, init_file: str, out: str) -> None:
         result = {"passes": len(passes), "dummies": dummies, "equal": torch.equal(alone, together)}
     except Exception as err:  # a rank left waiting turns into a gloo timeout here
         result = {"error": f"{type(err).__name__}: {err}"}
+    _report_and_exit(rank, out, result)
+
+
+def _report_and_exit(rank: int, out: str, result: dict[str, Any]) -> None:
+    """Write this rank's result for the test, wait for the other rank, and leave."""
     Path(out, f"rank{rank}.json").write_text(json.dumps(result), encoding="utf-8")
     dist.barrier()
     dist.destroy_process_group()
@@ -126,16 +133,76 @@ def _lockstep_worker(rank: int, init_file: str, out: str) -> None:
     os._exit(0)
 
 
+def _run_two_ranks(worker_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Each rank's result of this file's ``worker_name`` run on two spawned gloo ranks."""
+    # Spawned children unpickle the worker by module name: import this file as a top-level module they can find.
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    worker = getattr(importlib.import_module(Path(__file__).stem), worker_name)
+    mp.spawn(worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
+    return [json.loads(Path(tmp_path, f"rank{rank}.json").read_text(encoding="utf-8")) for rank in range(2)]
+
+
 def test_greedy_generate_in_lockstep_runs_the_same_passes_on_every_rank(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Spawned children unpickle the worker by module name: import this file as a top-level module they can find.
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    worker = importlib.import_module(Path(__file__).stem)._lockstep_worker
-    mp.spawn(worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
-    results = [json.loads(Path(tmp_path, f"rank{rank}.json").read_text(encoding="utf-8")) for rank in range(2)]
+    results = _run_two_ranks("_lockstep_worker", tmp_path, monkeypatch)
     assert all("error" not in r for r in results), results
     assert results[0]["passes"] == results[1]["passes"]
     assert all(r["equal"] for r in results)
     # Rank 1 ran one-token passes without the cache while rank 0 went on with its second and third micro-batches.
     assert results[1]["dummies"] > 0
+
+
+class _CacheThatCannotDropRows:
+    """A stand-in for a state-space or linear-attention cache: it has no ``batch_select_indices``."""
+
+
+def test_a_cache_that_cannot_drop_rows_is_refused_by_name_on_one_process() -> None:
+    model = tiny_llama()
+    end = end_token(model)
+
+    def swap_cache(module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
+        output.past_key_values = _CacheThatCannotDropRows()
+        return output
+
+    model.register_forward_hook(swap_cache, with_kwargs=True)
+    with pytest.raises(TypeError, match="_CacheThatCannotDropRows cannot"):
+        greedy_generate(model, contexts(), PAD, {end}, MAX_NEW, micro_batch_size=len(CONTEXTS))
+
+
+def _failing_worker(rank: int, init_file: str, out: str) -> None:
+    model = tiny_llama()
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60)
+    )
+    end = end_token(model)
+    count_passes(model, collective=True)
+    calls = []
+
+    def fail_on_third_pass(module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
+        # After the pass's collective, as an error reading the logits would be.
+        calls.append(1)
+        if rank == 1 and len(calls) == 3:
+            raise RuntimeError("boom on the third pass")
+        return output
+
+    model.register_forward_hook(fail_on_third_pass, with_kwargs=True)
+    started = time.monotonic()
+    try:
+        greedy_generate(model, contexts(), PAD, {end}, MAX_NEW, micro_batch_size=2, lockstep=True)
+        result = {"raised": None}
+    except Exception as err:
+        result = {"raised": type(err).__name__, "message": str(err)}
+    result["seconds"] = time.monotonic() - started
+    _report_and_exit(rank, out, result)
+
+
+def test_one_ranks_failure_in_lockstep_stops_every_rank_with_its_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = _run_two_ranks("_failing_worker", tmp_path, monkeypatch)
+    for result in results:
+        assert result["raised"] == RankFailure.__name__, results
+        assert "rank(s) [1]" in result["message"] and "boom on the third pass" in result["message"]
+        # At the next agreement, not at the 60 s collective timeout of a rank left waiting.
+        assert result["seconds"] < 30, results
