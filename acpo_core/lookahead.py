@@ -183,7 +183,10 @@ def _greedy_micro_batch(
             break
         if not decoding:
             # Another rank is still decoding: gather the parameters with it, drop the output.
-            model(input_ids=torch.full((1, 1), pad_id, dtype=torch.long, device=device), use_cache=False)
+            try:
+                model(input_ids=torch.full((1, 1), pad_id, dtype=torch.long, device=device), use_cache=False)
+            except Exception as err:  # after the forward's collectives, as below
+                error = err
             continue
         try:
             output = model(

@@ -2,9 +2,10 @@
 rank running the same forward passes in lockstep, and one rank's failure stopping every rank.
 
 A tiny random Llama (built from its config, no files) stands in for the policy. Its end token is chosen from its own
-greedy output, so that the rows of one micro-batch end at different lengths. The lockstep case spawns two gloo ranks
-whose forward passes each hold an all-reduce (standing in for FSDP's parameter gather): a rank that ran fewer passes
-would leave the other blocked until the gloo timeout (120 s), which the test reports as a failure.
+greedy output, so that the rows of one micro-batch end at different lengths. The lockstep cases spawn two gloo ranks
+whose forward passes each hold an all-reduce (standing in for FSDP's parameter gather): a rank that ran fewer passes,
+or left after a failure, would leave the other blocked until the gloo timeout (120 s; 60 s in the failure cases),
+which the tests report as a failure.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from transformers import DynamicCache
 
+from acpo_core import lookahead
 from acpo_core.fail_fast import RankFailure
 from acpo_core.lookahead import greedy_generate
 
@@ -133,12 +136,14 @@ def _report_and_exit(rank: int, out: str, result: dict[str, Any]) -> None:
     os._exit(0)
 
 
-def _run_two_ranks(worker_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Each rank's result of this file's ``worker_name`` run on two spawned gloo ranks."""
+def _run_two_ranks(
+    worker_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *args: Any
+) -> list[dict[str, Any]]:
+    """Each rank's result of this file's ``worker_name(rank, rendezvous file, folder, *args)`` on two gloo ranks."""
     # Spawned children unpickle the worker by module name: import this file as a top-level module they can find.
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     worker = getattr(importlib.import_module(Path(__file__).stem), worker_name)
-    mp.spawn(worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(worker, args=(str(tmp_path / "rendezvous"), str(tmp_path), *args), nprocs=2, join=True)
     return [json.loads(Path(tmp_path, f"rank{rank}.json").read_text(encoding="utf-8")) for rank in range(2)]
 
 
@@ -153,8 +158,12 @@ def test_greedy_generate_in_lockstep_runs_the_same_passes_on_every_rank(
     assert results[1]["dummies"] > 0
 
 
-class _CacheThatCannotDropRows:
-    """A stand-in for a state-space or linear-attention cache: it has no ``batch_select_indices``."""
+class _CacheThatCannotDropRows(DynamicCache):
+    """A working KV cache without ``batch_select_indices``, as a state-space or linear-attention layer's would be."""
+
+    @property
+    def batch_select_indices(self) -> Any:
+        raise AttributeError("batch_select_indices")
 
 
 def test_a_cache_that_cannot_drop_rows_is_refused_by_name_on_one_process() -> None:
@@ -162,15 +171,16 @@ def test_a_cache_that_cannot_drop_rows_is_refused_by_name_on_one_process() -> No
     end = end_token(model)
 
     def swap_cache(module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
-        output.past_key_values = _CacheThatCannotDropRows()
+        output.past_key_values.__class__ = _CacheThatCannotDropRows
         return output
 
     model.register_forward_hook(swap_cache, with_kwargs=True)
+    # The first row to write its end token is refused, whichever pass that is.
     with pytest.raises(TypeError, match="_CacheThatCannotDropRows cannot"):
         greedy_generate(model, contexts(), PAD, {end}, MAX_NEW, micro_batch_size=len(CONTEXTS))
 
 
-def _failing_worker(rank: int, init_file: str, out: str) -> None:
+def _failing_worker(rank: int, init_file: str, out: str, failure: str) -> None:
     model = tiny_llama()
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60)
@@ -180,16 +190,24 @@ def _failing_worker(rank: int, init_file: str, out: str) -> None:
     calls = []
 
     def fail_on_third_pass(module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
-        # After the pass's collective, as an error reading the logits would be.
+        # After the pass's collective, as an error reading the logits would be; on rank 1's third pass it is decoding
+        # its one row or, that row ended, running a one-token pass beside rank 0.
         calls.append(1)
-        if rank == 1 and len(calls) == 3:
+        if rank == 1 and failure == "third pass" and len(calls) == 3:
             raise RuntimeError("boom on the third pass")
         return output
 
+    def fail_to_pad(*args: Any) -> Any:
+        raise RuntimeError("boom building the micro-batch")
+
     model.register_forward_hook(fail_on_third_pass, with_kwargs=True)
+    if rank == 1 and failure == "micro-batch":
+        lookahead.left_padded = fail_to_pad
     started = time.monotonic()
+    # Rank 0: three micro-batches of 2, 2 and 1 rows; rank 1: one of 1 row, then two empty ones (the agreed 3).
+    mine = contexts() if rank == 0 else contexts()[2:3]
     try:
-        greedy_generate(model, contexts(), PAD, {end}, MAX_NEW, micro_batch_size=2, lockstep=True)
+        greedy_generate(model, mine, PAD, {end}, MAX_NEW, micro_batch_size=2, min_micro_batches=3, lockstep=True)
         result = {"raised": None}
     except Exception as err:
         result = {"raised": type(err).__name__, "message": str(err)}
@@ -197,12 +215,16 @@ def _failing_worker(rank: int, init_file: str, out: str) -> None:
     _report_and_exit(rank, out, result)
 
 
+@pytest.mark.parametrize(
+    ("failure", "message"),
+    [("third pass", "boom on the third pass"), ("micro-batch", "boom building the micro-batch")],
+)
 def test_one_ranks_failure_in_lockstep_stops_every_rank_with_its_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    failure: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    results = _run_two_ranks("_failing_worker", tmp_path, monkeypatch)
+    results = _run_two_ranks("_failing_worker", tmp_path, monkeypatch, failure)
     for result in results:
         assert result["raised"] == RankFailure.__name__, results
-        assert "rank(s) [1]" in result["message"] and "boom on the third pass" in result["message"]
+        assert "rank(s) [1]" in result["message"] and message in result["message"]
         # At the next agreement, not at the 60 s collective timeout of a rank left waiting.
         assert result["seconds"] < 30, results
