@@ -53,12 +53,9 @@ TESTBED_CONFIG = (
 
 def right_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(ids [N, longest], mask [N, longest])``: ``rows`` padded on the right, as verl's engine pads them."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for n, row in enumerate(rows):
-        ids[n, : len(row)] = torch.as_tensor(list(row), dtype=torch.long)
-        mask[n, : len(row)] = 1
+    tensors = [torch.as_tensor(list(row), dtype=torch.long) for row in rows]
+    ids = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True, padding_value=pad_id)
+    mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(t) for t in tensors], batch_first=True)
     return ids, mask
 
 
