@@ -107,6 +107,10 @@ class CurriculumAgentLoop(SingleTurnAgentLoop):
     """verl's single-turn loop with a per-request temperature chosen by :func:`request_temperature`, and optionally
     the response's reward."""
 
+    # One instance may serve every request of a worker (recipe.acpo.agent_loop_worker): run() keeps a request's state
+    # in its locals and its output, and what __init__ builds (config, tokenizer wiring, scorer) is the same for all.
+    reusable_across_requests = True
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.scorer = agent_loop_scorer(self.config)

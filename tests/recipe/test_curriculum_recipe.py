@@ -93,16 +93,6 @@ def policy(tiny_model_dir: Path) -> Any:
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
 
 
-class _ServerClient:
-    """What verl's ``LLMServerClient`` does for one server: drop the arguments the server's signature has not."""
-
-    def __init__(self, server: Any) -> None:
-        self.server = server
-
-    async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict, **kwargs: Any) -> Any:
-        return await self.server.generate(prompt_ids=prompt_ids, sampling_params=sampling_params, request_id=request_id)
-
-
 @pytest.fixture(scope="module")
 def cpu_server(tiny_model_dir: Path, policy: Any) -> Any:
     """The CPU rollout's generation server, in-process, serving ``policy``."""
@@ -114,8 +104,13 @@ def cpu_server(tiny_model_dir: Path, policy: Any) -> Any:
     return CPURolloutServer(rollout, HFModelConfig(path=str(tiny_model_dir)), model=policy)
 
 
+@pytest.fixture(scope="module")
+def cpu_client(cpu_server: Any, server_client: Any) -> Any:
+    return server_client(cpu_server)
+
+
 def _run_group(
-    server: Any,
+    client: Any,
     qwen_tokenizer: Any,
     sampling_params: dict,
     rollout: dict | None = None,
@@ -133,7 +128,7 @@ def _run_group(
         loops = [
             CurriculumAgentLoop(
                 trainer_config=DictConfigWrap(trainer_config),
-                server_manager=_ServerClient(server),
+                server_manager=client,
                 tokenizer=qwen_tokenizer,
                 processor=None,
                 dataset_cls=None,
@@ -160,11 +155,11 @@ def _log_probs_at(policy: Any, output: AgentLoopOutput, temperature: float) -> t
 
 
 def test_hot_requests_reach_the_cpu_sampler_at_the_hot_temperature(
-    cpu_server: Any, policy: Any, qwen_tokenizer: Any
+    cpu_server: Any, cpu_client: Any, policy: Any, qwen_tokenizer: Any
 ) -> None:
     params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True, "repetition_penalty": 1.0}
     batches_before = len(cpu_server.batch_sizes)
-    outputs = _run_group(cpu_server, qwen_tokenizer, params, **{HOT_SAMPLES_KEY: 2, HOT_TEMPERATURE_KEY: 1.2})
+    outputs = _run_group(cpu_client, qwen_tokenizer, params, **{HOT_SAMPLES_KEY: 2, HOT_TEMPERATURE_KEY: 1.2})
     assert [o.extra_fields[TEMPERATURE_KEY] for o in outputs] == [1.2, 1.2, 1.0, 1.0]
     assert params["temperature"] == 1.0  # the group's shared dict is left as verl built it
     # Still one batch: per-request temperatures do not split a group.
@@ -177,10 +172,10 @@ def test_hot_requests_reach_the_cpu_sampler_at_the_hot_temperature(
 
 
 def test_without_curriculum_fields_every_request_keeps_the_rollout_temperature(
-    cpu_server: Any, policy: Any, qwen_tokenizer: Any
+    cpu_server: Any, cpu_client: Any, policy: Any, qwen_tokenizer: Any
 ) -> None:
     params = {"temperature": 0.9, "top_p": 1.0, "top_k": -1, "logprobs": True}
-    outputs = _run_group(cpu_server, qwen_tokenizer, params)
+    outputs = _run_group(cpu_client, qwen_tokenizer, params)
     assert [o.extra_fields[TEMPERATURE_KEY] for o in outputs] == [0.9] * GROUP
     for output in outputs:
         torch.testing.assert_close(
@@ -189,22 +184,22 @@ def test_without_curriculum_fields_every_request_keeps_the_rollout_temperature(
 
 
 def test_on_the_cpu_rollout_each_request_names_its_stream_and_a_group_is_reproducible(
-    cpu_server: Any, qwen_tokenizer: Any
+    cpu_server: Any, cpu_client: Any, qwen_tokenizer: Any
 ) -> None:
     from recipe.acpo.agent_loop import SAMPLE_STREAM_FIELD, request_stream
 
     params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": False}
     fields = {SAMPLE_STREAM_FIELD: "train:3:0", "global_steps": 3}
-    group = _run_group(cpu_server, qwen_tokenizer, params, {"name": "cpu"}, **fields)
-    again = _run_group(cpu_server, qwen_tokenizer, params, {"name": "cpu"}, **fields)
+    group = _run_group(cpu_client, qwen_tokenizer, params, {"name": "cpu"}, **fields)
+    again = _run_group(cpu_client, qwen_tokenizer, params, {"name": "cpu"}, **fields)
     assert [o.response_ids for o in group] == [o.response_ids for o in again]
     assert len({tuple(o.response_ids) for o in group}) == GROUP  # one stream per session
     other_row = _run_group(
-        cpu_server, qwen_tokenizer, params, {"name": "cpu"}, **{**fields, SAMPLE_STREAM_FIELD: "val:3:0"}
+        cpu_client, qwen_tokenizer, params, {"name": "cpu"}, **{**fields, SAMPLE_STREAM_FIELD: "val:3:0"}
     )
     assert all(a.response_ids != b.response_ids for a, b in zip(group, other_row))
     # A request that carries its own seed keeps it: the whole group draws the same response.
-    seeded = _run_group(cpu_server, qwen_tokenizer, {**params, "seed": 5}, {"name": "cpu"}, **fields)
+    seeded = _run_group(cpu_client, qwen_tokenizer, {**params, "seed": 5}, {"name": "cpu"}, **fields)
     assert len({tuple(o.response_ids) for o in seeded}) == 1
 
     assert request_stream("train:3:1", 3, 2) == "train:3:1:2"
@@ -213,17 +208,17 @@ def test_on_the_cpu_rollout_each_request_names_its_stream_and_a_group_is_reprodu
 
 
 def test_with_scoring_in_the_agent_loop_each_response_carries_the_acpo_reward(
-    cpu_server: Any, qwen_tokenizer: Any
+    cpu_server: Any, cpu_client: Any, qwen_tokenizer: Any
 ) -> None:
     from recipe.acpo.reward import get_scorer
 
     params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": False}
     truth = {"ground_truth": "5"}
-    plain = _run_group(cpu_server, qwen_tokenizer, params, reward_model=truth)
+    plain = _run_group(cpu_client, qwen_tokenizer, params, reward_model=truth)
     assert all(o.reward_score is None and "reward_extra_info" not in o.extra_fields for o in plain)
 
     reward = {"reward_kwargs": {"score_in_agent_loop": True}}
-    scored = _run_group(cpu_server, qwen_tokenizer, params, reward=reward, reward_model=truth)
+    scored = _run_group(cpu_client, qwen_tokenizer, params, reward=reward, reward_model=truth)
     scorer = get_scorer()
     for output in scored:
         expected = scorer.score(qwen_tokenizer.decode(output.response_ids, skip_special_tokens=True), "5")
@@ -231,7 +226,7 @@ def test_with_scoring_in_the_agent_loop_each_response_carries_the_acpo_reward(
         assert output.extra_fields["reward_extra_info"] == expected.as_dict()
         assert output.metrics.compute_score > 0  # verl reports it as agent_loop/compute_score
     with pytest.raises(ValueError, match=r"no reward_model\.ground_truth \(reward_model=None\)"):
-        _run_group(cpu_server, qwen_tokenizer, params, reward=reward)
+        _run_group(cpu_client, qwen_tokenizer, params, reward=reward)
 
 
 # ------------------------------------------------------------------------------------------------ the mixin
