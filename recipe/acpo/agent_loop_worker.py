@@ -2,14 +2,16 @@
 
 verl 0.9.1's agent-loop worker builds a new agent loop object for every request it serves
 (``AgentLoopWorker._run_agent_loop`` calls ``hydra.utils.instantiate`` with the worker's config, tokenizer, server
-client, dataset class and tools). Hydra merges those objects into a config and deep-copies them each time: on the CPU
-testbed, 4-5 ms of a worker's time per request, about 0.3 s of every step's generation for 128 requests, all of it
-before a request reaches the generation server. verl's log also gets one "No model-specific Continuous Token
-builder" warning per request, from the new loop's tokenizer wiring.
+client, dataset class and tools). Hydra wraps those arguments in a config and merges it into the loop's (OmegaConf
+node copies), and the new loop wires its tokenizer (a continuous-token builder): on the CPU testbed, 4-5 ms of a
+worker's time per request, about 0.3 s of every step's generation for 128 requests, all of it before a request
+reaches the generation server. verl's log also gets one "No model-specific Continuous Token builder" warning per
+request, from that wiring.
 
 An agent loop that keeps every request's state in its ``run`` call (locals and the returned output) can serve every
-request of a worker. It says so with a class attribute, ``reusable_across_requests = True`` (the recipe's
-:class:`recipe.acpo.agent_loop.CurriculumAgentLoop` does); :class:`ReusingAgentLoopWorker` then builds it once, with
+request of a worker. It says so with a class attribute of its own, ``reusable_across_requests = True`` (the recipe's
+:class:`recipe.acpo.agent_loop.CurriculumAgentLoop` does; a subclass is not reused unless it declares it too, since
+it may keep state of its own); :class:`ReusingAgentLoopWorker` then builds it once, with
 the same arguments verl passes, on its first request. Agent loops without the attribute (verl's own, tool-calling
 loops that keep a conversation's state on the object) are built per request by verl's code, unchanged.
 
@@ -47,12 +49,20 @@ TQ_WORKER_METHODS = ("generate_sequences", "_run_prompt", "_agent_loop_postproce
 
 
 def is_reusable(agent_loop_config: Any) -> bool:
-    """Whether the agent loop a registry entry (``{"_target_": "pkg.Class", ...}``) builds declares itself reusable."""
+    """Whether the agent loop a registry entry (``{"_target_": "pkg.Class", ...}``) builds is an ``AgentLoopBase``
+    class that declares itself reusable in its own body.
+
+    A target that is a factory function, or that does not import, is not reusable: verl's per-request path then
+    builds it, or reports the error, as it would without this worker.
+    """
     target = agent_loop_config.get("_target_") if hasattr(agent_loop_config, "get") else None
     if not isinstance(target, str):
         return False
-    agent_loop_class = hydra.utils.get_class(target)
-    return issubclass(agent_loop_class, AgentLoopBase) and getattr(agent_loop_class, REUSABLE_ATTRIBUTE, False) is True
+    try:
+        agent_loop_class = hydra.utils.get_class(target)
+    except (ImportError, ValueError):
+        return False
+    return issubclass(agent_loop_class, AgentLoopBase) and vars(agent_loop_class).get(REUSABLE_ATTRIBUTE) is True
 
 
 class ReusingAgentLoopWorker(AgentLoopWorker):
@@ -61,7 +71,8 @@ class ReusingAgentLoopWorker(AgentLoopWorker):
     ``AgentLoopWorkerTQ`` is declared as a Ray actor class, and Ray cannot start a subclass of one: the subclass
     travels to its process with a copy of the parent, whose zero-argument ``super()`` then fails. So this class
     subclasses the plain worker, as ``AgentLoopWorkerTQ`` does, and takes ``AgentLoopWorkerTQ``'s methods as they
-    are (:data:`TQ_WORKER_METHODS`; a test checks that the list is complete).
+    are (:data:`TQ_WORKER_METHODS`; a test checks that it lists everything ``AgentLoopWorkerTQ`` defines and that
+    ``__init__`` below adds what ``AgentLoopWorkerTQ.__init__`` does).
     """
 
     generate_sequences = _TQ_WORKER.generate_sequences
@@ -130,5 +141,6 @@ class ACPOAgentLoopManager(AgentLoopManagerTQ):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # The workers start in ``create`` (``_init_agent_loop_workers``), after this.
+        # After super(): AgentLoopManagerTQ.__init__ sets its own worker class first. The workers start in ``create``
+        # (``_init_agent_loop_workers``), after this.
         self.agent_loop_workers_class = ray.remote(ReusingAgentLoopWorker)

@@ -7,8 +7,10 @@ TransferQueue, every CPU-preset run goes through these workers (the testbed end-
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import inspect
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +28,39 @@ MESSAGES = [{"role": "user", "content": "What is 2 + 3? Answer: "}]
 GROUP = 6
 
 
-def test_the_worker_carries_every_method_verls_transfer_queue_worker_adds() -> None:
+def test_the_worker_carries_everything_verls_transfer_queue_worker_adds() -> None:
     tq_worker = AgentLoopWorkerTQ.__ray_actor_class__
-    added = {name for name, value in vars(tq_worker).items() if inspect.isfunction(value) and name != "__init__"}
-    assert added == set(TQ_WORKER_METHODS)
+    defined = {name for name in vars(tq_worker) if not (name.startswith("__") and name.endswith("__"))}
+    assert defined == set(TQ_WORKER_METHODS)  # functions only: no new method, property or class attribute
     for name in TQ_WORKER_METHODS:
         assert getattr(ReusingAgentLoopWorker, name) is getattr(tq_worker, name)
     assert "_run_agent_loop" in vars(ReusingAgentLoopWorker)
+    # AgentLoopWorkerTQ.__init__ is super().__init__(...), tq.init() and an empty set of background tasks, which
+    # ReusingAgentLoopWorker.__init__ repeats.
+    statements = ast.parse(textwrap.dedent(inspect.getsource(tq_worker.__init__))).body[0].body
+    assert [ast.unparse(statement) for statement in statements] == [
+        "super().__init__(*args, **kwargs)",
+        "tq.init()",
+        "self.background_tasks = set()",
+    ]
 
 
-def test_only_agent_loops_that_declare_it_are_reusable() -> None:
+def _not_an_agent_loop() -> None:
+    return None
+
+
+class _UndeclaredSubclass(CurriculumAgentLoop):
+    """A subclass of a reusable loop that does not declare itself: it may keep state of its own."""
+
+
+def test_only_agent_loop_classes_that_declare_it_themselves_are_reusable() -> None:
     assert is_reusable(_agent_loop_registry[AGENT_LOOP_NAME])
     assert not is_reusable(_agent_loop_registry["single_turn_agent"])  # verl's, built per request
+    assert not is_reusable({"_target_": f"{__name__}._UndeclaredSubclass"})
     assert not is_reusable({"name": "no_target"})
     assert not is_reusable({"_target_": "recipe.acpo.agent_loop_worker.ReusingAgentLoopWorker"})  # not an agent loop
+    assert not is_reusable({"_target_": f"{__name__}._not_an_agent_loop"})  # a factory function: verl builds it
+    assert not is_reusable({"_target_": "recipe.acpo.no_such_module.Loop"})  # verl's path reports the import error
 
 
 def test_the_cpu_preset_selects_the_manager_and_the_manager_starts_these_workers() -> None:
@@ -80,23 +101,24 @@ def _worker(client: Any, qwen_tokenizer: Any) -> tuple[ReusingAgentLoopWorker, l
     written: list[Any] = []
 
     async def collect(output: Any, validate: bool, **kwargs: Any) -> None:
-        written.append((kwargs["session_id"], output))
+        written.append((kwargs["session_id"], validate, output))
 
     worker._agent_loop_postprocess = collect
     return worker, written
 
 
-def _serve_groups(worker: ReusingAgentLoopWorker, agent_name: str, groups: int) -> None:
-    """One prompt's GROUP requests through the worker, concurrently, ``groups`` times one after the other, in one event
-    loop as in a worker's life (the outputs go to its TransferQueue writes)."""
+def _serve_groups(worker: ReusingAgentLoopWorker, agent_name: str, validate: list[bool]) -> None:
+    """One prompt's GROUP requests through the worker, concurrently, once per entry of ``validate`` (a training or a
+    validation pass), one after the other, in one event loop as in a worker's life (the outputs go to its
+    TransferQueue writes)."""
     params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": False}
 
-    async def serve_group() -> None:
+    async def serve_group(validation: bool) -> None:
         await asyncio.gather(
             *(
                 worker._run_agent_loop(
                     params,
-                    {"step": 3, "sample_index": 0, "rollout_n": session, "validate": False},
+                    {"step": 3, "sample_index": 0, "rollout_n": session, "validate": validation},
                     agent_name=agent_name,
                     trace=False,
                     raw_prompt=MESSAGES,
@@ -109,8 +131,8 @@ def _serve_groups(worker: ReusingAgentLoopWorker, agent_name: str, groups: int) 
         )
 
     async def serve() -> None:
-        for _ in range(groups):
-            await serve_group()
+        for validation in validate:
+            await serve_group(validation)
 
     asyncio.run(serve())
 
@@ -127,6 +149,9 @@ class _PerRequestAgentLoop(CurriculumAgentLoop):
 
 
 class _CountedAgentLoop(CurriculumAgentLoop):
+    """The recipe's loop, declared reusable in its own body, counting how often it is built."""
+
+    reusable_across_requests = True
     built = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -149,19 +174,31 @@ def test_a_reusable_loop_is_built_once_and_answers_a_concurrent_group_as_loops_b
     cpu_server: Any, server_client: Any, qwen_tokenizer: Any, registered_loops: dict
 ) -> None:
     reusing, reused_writes = _worker(server_client(cpu_server), qwen_tokenizer)
-    _serve_groups(reusing, "test_reused", groups=2)
+    _serve_groups(reusing, "test_reused", validate=[False, True])
     assert _CountedAgentLoop.built == 1
     assert list(reusing.reused_agent_loops) == ["test_reused"]
 
     per_request, per_request_writes = _worker(server_client(cpu_server), qwen_tokenizer)
-    _serve_groups(per_request, "test_per_request", groups=1)
+    _serve_groups(per_request, "test_per_request", validate=[False])
     assert _PerRequestAgentLoop.built == GROUP  # verl's path: one loop per request
     assert per_request.reused_agent_loops == {}
 
-    # Every request was written once, and the same request gives the same response either way (seeded streams).
-    assert sorted(session for session, _ in reused_writes) == sorted(list(range(GROUP)) * 2)
-    responses = {session: output.response_ids for session, output in per_request_writes}
+    # Every request was written once, for its own pass, and the same request gives the same response either way
+    # (seeded streams: the stream names the row, not the pass, in this test).
+    assert sorted((session, validate) for session, validate, _ in reused_writes) == sorted(
+        [(session, validate) for session in range(GROUP) for validate in (False, True)]
+    )
+    responses = {session: output.response_ids for session, _, output in per_request_writes}
     assert len(responses) == GROUP and len({tuple(r) for r in responses.values()}) > 1
-    for session, output in reused_writes:
+    for session, _, output in reused_writes:
         assert output.response_ids == responses[session]
-        assert output.prompt_ids == per_request_writes[0][1].prompt_ids
+        assert output.prompt_ids == per_request_writes[0][2].prompt_ids
+
+
+def test_an_unknown_agent_loop_is_refused_by_verls_path_with_the_registered_names(
+    cpu_server: Any, server_client: Any, qwen_tokenizer: Any
+) -> None:
+    worker, written = _worker(server_client(cpu_server), qwen_tokenizer)
+    with pytest.raises(AssertionError, match="Agent loop no_such_loop not registered"):
+        _serve_groups(worker, "no_such_loop", validate=[False])
+    assert written == [] and worker.reused_agent_loops == {}
