@@ -11,9 +11,9 @@ request, from that wiring.
 An agent loop that keeps every request's state in its ``run`` call (locals and the returned output) can serve every
 request of a worker. It says so with a class attribute of its own, ``reusable_across_requests = True`` (the recipe's
 :class:`recipe.acpo.agent_loop.CurriculumAgentLoop` does; a subclass is not reused unless it declares it too, since
-it may keep state of its own); :class:`ReusingAgentLoopWorker` then builds it once, with
-the same arguments verl passes, on its first request. Agent loops without the attribute (verl's own, tool-calling
-loops that keep a conversation's state on the object) are built per request by verl's code, unchanged.
+it may keep state of its own). :class:`ReusingAgentLoopWorker` then builds it once, with the same arguments verl
+passes, on its first request. Agent loops without the attribute (verl's own, tool-calling loops that keep a
+conversation's state on the object) are built per request by verl's code, unchanged.
 
 Select it with ``actor_rollout_ref.rollout.agent.agent_loop_manager_class=recipe.acpo.agent_loop_worker.
 ACPOAgentLoopManager`` (the CPU preset does): verl 0.9.1's entry points and :func:`recipe.acpo.main_acpo.
