@@ -137,17 +137,6 @@ def _serve_groups(worker: ReusingAgentLoopWorker, agent_name: str, validate: lis
     asyncio.run(serve())
 
 
-class _PerRequestAgentLoop(CurriculumAgentLoop):
-    """The recipe's loop without the declaration, counting how often it is built."""
-
-    reusable_across_requests = False
-    built = 0
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        type(self).built += 1
-
-
 class _CountedAgentLoop(CurriculumAgentLoop):
     """The recipe's loop, declared reusable in its own body, counting how often it is built."""
 
@@ -157,6 +146,13 @@ class _CountedAgentLoop(CurriculumAgentLoop):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         type(self).built += 1
+
+
+class _PerRequestAgentLoop(_CountedAgentLoop):
+    """The same loop declared not reusable, with a count of its own."""
+
+    reusable_across_requests = False
+    built = 0
 
 
 @pytest.fixture
