@@ -15,6 +15,9 @@ Without ``--variant`` it compares the CPU preset (the recipe's agent loop scores
 reward-loop workers (``reward.reward_kwargs.score_in_agent_loop=false``). The policy and data are built in
 ``--work`` as ``bench_learning.py`` builds them (about 3 minutes the first time).
 
+An override ``env:NAME=VALUE`` sets the environment variable NAME for that variant's runs instead (the launcher's
+environment reaches every Ray worker), e.g. ``--variant no_gc_freeze env:ACPO_GC_FREEZE=0``.
+
 ``--floor`` also times, in this process and between the runs (before the first and after each), the same step's work
 as plain torch computations on the built policy (``benchmarks/step_floor.py``), and prints their medians as one more
 row: what separates verl's timers from it is the work around the computation and waiting. With ``--floor`` and no
@@ -50,6 +53,16 @@ TIMING_ONLY = (
     "trainer.save_freq=-1",
     "trainer.rollout_data_dir=null",
 )
+
+
+ENV_PREFIX = "env:"
+
+
+def split_env_overrides(overrides: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """A variant's Hydra overrides, and the environment its ``env:NAME=VALUE`` overrides set."""
+    hydra_overrides = [override for override in overrides if not override.startswith(ENV_PREFIX)]
+    env = dict(override[len(ENV_PREFIX) :].split("=", 1) for override in overrides if override.startswith(ENV_PREFIX))
+    return hydra_overrides, env
 
 
 def with_overrides(command: Sequence[str], overrides: Sequence[str]) -> list[str]:
@@ -127,8 +140,9 @@ def parse_variants(raw: Sequence[Sequence[str]] | None, floor: bool = False) -> 
     for name, *overrides in raw:
         if name == BASELINE or name in variants:
             raise ValueError(f"--variant {name!r}: each variant needs its own name, other than {BASELINE!r}")
-        if not overrides or any("=" not in override for override in overrides):
-            raise ValueError(f"--variant {name!r} needs KEY=VALUE overrides, got {overrides}")
+        malformed = [override for override in overrides if "=" not in override or override.startswith(ENV_PREFIX + "=")]
+        if not overrides or malformed:
+            raise ValueError(f"--variant {name!r} needs KEY=VALUE or env:NAME=VALUE overrides, got {overrides}")
         variants[name] = overrides
     return variants
 
@@ -148,7 +162,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="steps left out at the start of each run")
     parser.add_argument("--repeats", type=int, default=2, help="runs per variant")
     parser.add_argument(
-        "--variant", nargs="+", action="append", metavar=("NAME", "OVERRIDE"), help="a named set of Hydra overrides"
+        "--variant",
+        nargs="+",
+        action="append",
+        metavar=("NAME", "OVERRIDE"),
+        help="a named set of Hydra overrides (KEY=VALUE) and environment variables (env:NAME=VALUE)",
     )
     parser.add_argument("--floor", action="store_true", help="also time the step as plain torch computations")
     args = parser.parse_args(argv)
@@ -183,12 +201,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             with tempfile.TemporaryDirectory(prefix="acpo_step_", dir="/tmp") as ray_tmp:
                 # The demo's config as it is: no arm's switches (bench_learning's arms name their judge).
                 command = stage_command("acpo", 1, policy, run_dir, args.steps, 0, train, val, args, ray_tmp, ())
-                command = with_overrides(command, [*TIMING_ONLY, *all_overrides[name]])
+                hydra_overrides, variant_env = split_env_overrides(all_overrides[name])
+                command = with_overrides(command, [*TIMING_ONLY, *hydra_overrides])
                 metrics = run_dir / "stage1_metrics.jsonl"
                 metrics.unlink(missing_ok=True)
                 run_dir.mkdir(parents=True, exist_ok=True)
                 _log(start, f"{name}, run {repeat + 1} of {args.repeats}")
-                env = {**os.environ, "VERL_FILE_LOGGER_PATH": str(metrics)}
+                env = {**os.environ, **variant_env, "VERL_FILE_LOGGER_PATH": str(metrics)}
                 _run(command, run_dir / "stage1.log", env=env)
             runs[name].append(step_timers(metrics, args.warmup))
             time_floor()

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from tensordict import TensorDict
-from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn, register
+from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
 from verl.utils import tensordict_utils as tu
 from verl.utils.device import get_device_id, get_device_name
 from verl.workers.engine_workers import ActorRolloutRefWorker
@@ -50,6 +50,7 @@ from acpo_core.attribution import AttributionBatch, ScoringJob, check_attributio
 from acpo_core.config import ACPOConfig
 from acpo_core.lookahead import ContinueFn, cut_at_text, greedy_generate, lookahead_sequences, score_lookahead
 from acpo_core.scoring import attention_implementation, check_scoring_inputs, plan_scoring, score_answer_loglik
+from recipe.acpo.gc_freeze import freeze_startup_objects
 from recipe.acpo.rollout_batch import nested_lengths
 
 __all__ = [
@@ -125,6 +126,11 @@ def pad_rows_to_multiple(td: TensorDict, multiple: int) -> tuple[TensorDict, int
 
 class ACPOActorRolloutRefWorker(ActorRolloutRefWorker):
     """verl's hybrid actor/rollout/ref worker with §3 attribution scoring on the actor's own model."""
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def init_model(self) -> None:
+        super().init_model()
+        freeze_startup_objects("training worker")
 
     def _check_acpo_support(self) -> None:
         if self.actor is None:

@@ -37,6 +37,8 @@ from verl.experimental.agent_loop.agent_loop import (
 from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorkerTQ
 from verl.utils.rollout_trace import rollout_trace_attr
 
+from recipe.acpo.gc_freeze import freeze_startup_objects
+
 __all__ = ["REUSABLE_ATTRIBUTE", "TQ_WORKER_METHODS", "ACPOAgentLoopManager", "ReusingAgentLoopWorker", "is_reusable"]
 
 # Class attribute by which an agent loop declares that one instance may serve many requests, concurrently.
@@ -86,6 +88,7 @@ class ReusingAgentLoopWorker(AgentLoopWorker):
         self.background_tasks: set = set()
         self.reused_agent_loops: dict[str, AgentLoopBase] = {}
         self._reusable: dict[str, bool] = {}
+        freeze_startup_objects("agent-loop worker")
 
     async def _run_agent_loop(
         self,

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from acpo_core.config import ACPOConfig
 from recipe.acpo.config_search_path import CONFIG_DIR
+from recipe.acpo.gc_freeze import GC_FREEZE_ENV, freeze_startup_objects, gc_freeze_enabled
 from recipe.acpo.preflight import (
     SetupError,
     check_acpo_block,
@@ -83,9 +84,14 @@ def activate_cpu_plugin() -> dict[str, str]:
 
 
 def worker_env_vars(cpu_run: bool) -> dict[str, str]:
-    """Environment of every Ray worker: the recipe importable, and on CPU runs the CPU plugin loaded by verl."""
+    """Environment of every Ray worker: the recipe importable, the launcher's ``ACPO_GC_FREEZE``
+    (:mod:`recipe.acpo.gc_freeze`), checked, and on CPU runs the CPU plugin loaded by verl."""
     python_path = os.pathsep.join(p for p in (str(RECIPE_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env = {"PYTHONPATH": python_path}
+    try:
+        env[GC_FREEZE_ENV] = "1" if gc_freeze_enabled(os.environ) else "0"
+    except ValueError as err:
+        raise SetupError(str(err)) from err
     if cpu_run:
         env.update(activate_cpu_plugin())
     return env
@@ -202,7 +208,9 @@ class ACPOTaskRunner:
         try:
             trainer = build_trainer(config, acpo_config)
             trainer.init()
-            trainer.fit(build_agent_loop_manager(config, trainer))
+            agent_loop_manager = build_agent_loop_manager(config, trainer)
+            freeze_startup_objects("task runner")
+            trainer.fit(agent_loop_manager)
             succeeded = True
         finally:
             try:

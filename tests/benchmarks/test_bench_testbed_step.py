@@ -48,8 +48,10 @@ def test_variants_need_a_name_of_their_own_and_key_value_overrides() -> None:
     assert bench.parse_variants([["two workers", "actor_rollout_ref.rollout.agent.num_workers=2"]]) == {
         "two workers": ["actor_rollout_ref.rollout.agent.num_workers=2"]
     }
-    with pytest.raises(ValueError, match="needs KEY=VALUE overrides"):
+    with pytest.raises(ValueError, match="needs KEY=VALUE or env:NAME=VALUE overrides"):
         bench.parse_variants([["x", "nokey"]])
+    with pytest.raises(ValueError, match="needs KEY=VALUE or env:NAME=VALUE overrides"):
+        bench.parse_variants([["x", "env:=1"]])
     with pytest.raises(ValueError, match="its own name"):
         bench.parse_variants([["baseline", "a=1"]])
     with pytest.raises(ValueError, match="its own name"):
@@ -65,3 +67,11 @@ def test_the_floor_alone_runs_only_the_baseline_and_prints_as_one_more_row() -> 
     }
     floor_row = bench.format_summary(summary).splitlines()[2]
     assert floor_row.startswith(bench.FLOOR) and "0.250" in floor_row and "1.250" in floor_row
+
+
+def test_env_overrides_set_the_variants_environment_and_leave_hydra_the_rest() -> None:
+    overrides = bench.parse_variants([["no freeze", "env:ACPO_GC_FREEZE=0", "a.b=1", "env:X=y=z"]])["no freeze"]
+    hydra_overrides, env = bench.split_env_overrides(overrides)
+    assert hydra_overrides == ["a.b=1"]
+    assert env == {"ACPO_GC_FREEZE": "0", "X": "y=z"}
+    assert bench.split_env_overrides(["a=1"]) == (["a=1"], {})

@@ -2,9 +2,11 @@
 
 Three short runs of ACPO Stage 1 on the testbed config (``acpo_cpu_testbed_stage1``, with a small freshly built testbed
 policy, 4 prompts x 4 responses a step, 2 steps and a validation pass after step 2): two with
-``actor_rollout_ref.rollout.seed=7`` and one with seed 8; a fourth, seed 7 with the spec's judge instead of the
-testbed's look-ahead judge, gives the same first responses other credit. The two seed-7 runs must agree on every
-response, reward, advantage and logged metric (timings and memory aside), the seed-8 run must draw other responses.
+``actor_rollout_ref.rollout.seed=7`` (the second with ``ACPO_GC_FREEZE=0``, so that freezing start-up objects out of
+garbage collection, :mod:`recipe.acpo.gc_freeze`, is seen to change nothing) and one with seed 8; a fourth, seed 7
+with the spec's judge instead of the testbed's look-ahead judge, gives the same first responses other credit. The two
+seed-7 runs must agree on every response, reward, advantage and logged metric (timings and memory aside), the seed-8
+run must draw other responses.
 
 The rewards come from :func:`tests.recipe.test_e2e_cpu_acpo.hashed_outcome` (0, 0.5 or 1 from a hash of the response),
 so that groups have outcome variance and the advantages are not all zero; the accuracy compared is that reward's
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -87,10 +90,11 @@ def _train(
     ray_dir: Path,
     extra: tuple[str, ...] = (),
     cross_check: bool = False,
+    gc_freeze: bool = True,
 ) -> dict[str, Any]:
     """One run (``extra``: more Hydra overrides; ``cross_check``: every step's attribution scored both ways, packed
-    and naive); its per-step metrics (verl's file logger; the cross-check's ``acpo/check/*`` apart, as "checks") and its
-    step dump."""
+    and naive; ``gc_freeze``: ``ACPO_GC_FREEZE``); its per-step metrics (verl's file logger; the cross-check's
+    ``acpo/check/*`` apart, as "checks"), its step dump and its output (every Ray process's log lines)."""
     from recipe.acpo.report.load import read_dump
 
     policy, train, val = testbed
@@ -124,6 +128,7 @@ def _train(
     command = [sys.executable, "-m", "recipe.acpo.main_acpo", "--config-name", "acpo_cpu_testbed_stage1", *overrides]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VERL_FILE_LOGGER_PATH": str(out) + ".jsonl"}
     env["ACPO_ATTRIBUTION_CROSS_CHECK"] = "1" if cross_check else "0"
+    env["ACPO_GC_FREEZE"] = "1" if gc_freeze else "0"
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert done.returncode == 0, f"seed {seed} failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
     entries = [json.loads(line) for line in Path(str(out) + ".jsonl").read_text().splitlines() if line.strip()]
@@ -137,7 +142,7 @@ def _train(
     # uids are drawn afresh by every run; a record is otherwise its prompt, response, reward and credit.
     records = [{k: v for k, v in r.items() if k != "uid"} for r in read_dump(out / "acpo_dump").records]
     records.sort(key=lambda r: json.dumps(r, sort_keys=True))
-    return {"metrics": metrics, "checks": checks, "records": records}
+    return {"metrics": metrics, "checks": checks, "records": records, "output": done.stdout + done.stderr}
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +150,8 @@ def runs(testbed: tuple[Path, Path, Path], ray_dir: Path, tmp_path_factory: pyte
     out = tmp_path_factory.mktemp("seeded_runs")
     # Run "a" also scores every step's look-ahead attribution the naive way (ACPO_ATTRIBUTION_CROSS_CHECK).
     runs = {"a": _train(testbed, 7, out / "a", ray_dir, cross_check=True)}
-    return runs | {name: _train(testbed, seed, out / name, ray_dir) for name, seed in (("b", 7), ("other", 8))}
+    runs["b"] = _train(testbed, 7, out / "b", ray_dir, gc_freeze=False)
+    return runs | {"other": _train(testbed, 8, out / "other", ray_dir)}
 
 
 def _discrete(record: dict[str, Any]) -> dict[str, Any]:
@@ -181,6 +187,17 @@ def test_two_runs_with_the_same_seed_are_identical(runs: dict[str, Any]) -> None
         approx = {k: pytest.approx(mb[k], rel=1e-4, abs=1e-6) for k in ma if k not in exact}
         assert {k: ma[k] for k in approx} == approx, f"step {step}"
     assert any(k.startswith("val-") for k in a["metrics"][2]), "no validation metrics at step 2"
+
+
+def test_the_recipes_processes_freeze_their_start_up_objects_unless_turned_off(runs: dict[str, Any]) -> None:
+    # A line from each process that froze: the task runner, the training worker, the agent-loop workers (whose
+    # identical lines Ray may fold into one).
+    frozen = re.findall(
+        r"(task runner|training worker|agent-loop worker): (\d+) start-up objects frozen", runs["a"]["output"]
+    )
+    assert {process for process, _ in frozen} == {"agent-loop worker", "task runner", "training worker"}
+    assert all(int(count) > 10_000 for _, count in frozen)
+    assert "start-up objects frozen" not in runs["b"]["output"]
 
 
 def test_another_seed_draws_other_responses(runs: dict[str, Any]) -> None:
