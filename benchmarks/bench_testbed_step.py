@@ -16,7 +16,8 @@ reward-loop workers (``reward.reward_kwargs.score_in_agent_loop=false``). The po
 ``--work`` as ``bench_learning.py`` builds them (about 3 minutes the first time).
 
 An override ``env:NAME=VALUE`` sets the environment variable NAME for that variant's runs instead (the launcher's
-environment reaches every Ray worker), e.g. ``--variant no_gc_freeze env:ACPO_GC_FREEZE=0``.
+environment reaches every Ray worker), e.g. ``--variant no_gc_freeze env:ACPO_GC_FREEZE=0``; the baseline runs with the
+launcher's environment as it is.
 
 ``--floor`` also times, in this process and between the runs (before the first and after each), the same step's work
 as plain torch computations on the built policy (``benchmarks/step_floor.py``), and prints their medians as one more

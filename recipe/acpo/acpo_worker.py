@@ -129,6 +129,9 @@ class ACPOActorRolloutRefWorker(ActorRolloutRefWorker):
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self) -> None:
+        """verl's ``init_model``, then this process's start-up objects frozen out of garbage collection
+        (:mod:`recipe.acpo.gc_freeze`). The override repeats verl's ``register`` so that the worker group still
+        dispatches it to every rank."""
         super().init_model()
         freeze_startup_objects("training worker")
 

@@ -1,15 +1,20 @@
 """Start-up objects kept out of the garbage collector's full passes (``gc.freeze``) in the recipe's processes.
 
-A process of this recipe (the trainer's task runner, an agent-loop worker, the training worker) holds a few million
-objects from its start-up, from torch, transformers, verl, Ray and the model, that live as long as it does. Python's
-full collection of its oldest generation walks every one of them. On the 2-core testbed that took 0.25-0.36 s a
-collection, every 10-20 s, in the training worker, the task runner and an agent-loop worker, each time stalling
+A long-lived process of a run (the trainer's task runner, an agent-loop worker, the training worker) holds about half a
+million objects from its start-up, from torch, transformers, verl, Ray and the model, that live as long as it does.
+Python's full collection of its oldest generation walks every one of them. On the 2-core testbed each took 0.25-0.36 s
+(in 30 s of training: two in the training worker, one in the task runner, one in an agent-loop worker), stalling
 whatever the step was waiting on. A process that calls :func:`freeze_startup_objects` once it is built moves
 everything alive at that moment into a permanent generation that collections skip. Objects created later are
 collected as before. Serving engines do the same after start-up (vLLM, SGLang).
 
-What it costs: an object frozen here that later becomes part of unreachable cyclic garbage is never freed (objects
-freed by reference counting are freed as before), so it is called once, when what exists is meant to live.
+Where it is called: the task runner (``recipe.acpo.main_acpo``) in every run, the training worker when the trainer is
+ACPO's (``recipe.acpo.acpo_worker``), and the agent-loop workers where ``ACPOAgentLoopManager`` starts them (the CPU
+preset; ``recipe.acpo.agent_loop_worker``). verl's own processes (TransferQueue, the load balancer, the reward workers)
+and the CPU rollout server are left as they are.
+
+What it costs: a start-up object that later becomes unreachable cyclic garbage is never freed, with what it refers to
+then (objects freed by reference counting are freed as before): a one-off amount, since later objects are not frozen.
 
 ``ACPO_GC_FREEZE=0`` in the launcher's environment turns it off (``1``, the default, on); the entry point checks the
 value before Ray starts and passes it on to every worker (docs/speed/README.md has the measurement).

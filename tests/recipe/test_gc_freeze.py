@@ -104,3 +104,16 @@ def test_every_ray_worker_gets_the_checked_setting_and_a_bad_one_stops_the_run_b
     monkeypatch.setenv(GC_FREEZE_ENV, "maybe")
     with pytest.raises(SetupError, match=f"{GC_FREEZE_ENV}='maybe'"):
         worker_env_vars(cpu_run=False)
+
+
+def test_the_training_workers_init_model_keeps_verls_dispatch_to_every_rank() -> None:
+    from verl.single_controller.base.decorator import MAGIC_ATTR
+    from verl.workers.engine_workers import ActorRolloutRefWorker
+
+    from recipe.acpo.acpo_worker import ACPOActorRolloutRefWorker
+
+    # Without verl's register on the override, the worker group would no longer dispatch init_model.
+    assert ACPOActorRolloutRefWorker.init_model is not ActorRolloutRefWorker.init_model
+    assert getattr(ACPOActorRolloutRefWorker.init_model, MAGIC_ATTR) == getattr(
+        ActorRolloutRefWorker.init_model, MAGIC_ATTR
+    )
