@@ -20,8 +20,11 @@ request's response is the same token for token. Batching changes the left paddin
 change the logits in their last bits (float sums in another order); a token can flip only when its uniform draw lands
 within that rounding of a boundary of the cumulative distribution, which is rare but not impossible. The returned
 log-probs carry those last-bit differences (about 1e-9), and so does whatever uses them (verl's rollout-vs-trainer
-diagnostics, the importance weights of a rollout correction). Across torch versions, CPU types (vector instructions)
-or thread counts the logits may differ in the same way, so runs agree closely but are not guaranteed to be identical.
+diagnostics, the importance weights of a rollout correction). So the server (``verl_cpu.rollout``) can take batching
+out of the picture: requests that name their burst (``SAMPLE_BURST_KEY``, ``SAMPLE_BURST_SIZE_KEY``) are decoded a
+whole burst at a time in a fixed order, and then even the log-probs are the same bits in every run. Across torch
+versions, CPU types (vector instructions) or thread counts the logits may differ in the same way, so runs agree
+closely but are not guaranteed to be identical.
 """
 
 from __future__ import annotations
@@ -37,6 +40,13 @@ import torch
 # request with ``request_seed(run_seed, stream, prompt_ids)``. Set by the caller that knows the request's identity
 # (the ACPO agent loop: pass, step, duplicate rank and session); an explicit ``seed`` wins over it.
 SAMPLE_STREAM_KEY = "sample_stream"
+# Sampling-params keys naming the burst a request belongs to (a string, e.g. ``"train:3:0"``: the requests one
+# submission sends) and how many requests that burst sends this server (a positive integer). The server then decodes
+# the whole burst together, in an order of its own (``verl_cpu.rollout``), so the batches, and with them the last bits
+# of every logit, do not depend on when each request arrived. Set by the caller that knows the burst (the ACPO agent
+# loop, when the server is the only one).
+SAMPLE_BURST_KEY = "sample_burst"
+SAMPLE_BURST_SIZE_KEY = "sample_burst_size"
 
 # Keys of verl's per-request ``sampling_params`` dict that this backend honours or may safely ignore.
 SUPPORTED_SAMPLING_KEYS = frozenset(
@@ -51,6 +61,8 @@ SUPPORTED_SAMPLING_KEYS = frozenset(
         "repetition_penalty",
         "seed",
         SAMPLE_STREAM_KEY,
+        SAMPLE_BURST_KEY,
+        SAMPLE_BURST_SIZE_KEY,
     }
 )
 

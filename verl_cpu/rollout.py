@@ -7,6 +7,9 @@ roles into verl's registries under the name ``cpu`` (``actor_rollout_ref.rollout
   per-request sampling parameters and per-token log-probs; requests that are pending together are decoded as
   one left-padded batch (``verl_cpu.generation``). Every request samples from its own random stream (seeded
   sampling, see ``CPURolloutServer.request_generator``), so responses do not depend on arrival order or batching.
+  Requests that name their burst and its size (``sample_burst``, ``sample_burst_size``) are decoded a whole burst
+  at a time, in a fixed order, so the batches themselves, and the last bits of every logit and log-prob, do not
+  depend on arrival either (``CPURolloutServer._gather_named_burst``).
 - ``CPURolloutReplica``: the ``RolloutReplica`` that launches one server per trainer worker, next to it
   (``RolloutReplicaRegistry``, used by ``LLMServerManager`` in the trainer process).
 - ``CPUServerAdapter``: the ``BaseRollout`` living in the trainer worker (``verl.workers.rollout.base``'s rollout
@@ -17,6 +20,7 @@ roles into verl's registries under the name ``cpu`` (``actor_rollout_ref.rollout
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -33,6 +37,8 @@ from verl.workers.rollout.base import BaseRollout
 from verl.workers.rollout.replica import RolloutReplica, TokenOutput
 
 from verl_cpu.generation import (
+    SAMPLE_BURST_KEY,
+    SAMPLE_BURST_SIZE_KEY,
     SAMPLE_STREAM_KEY,
     GenerationResult,
     SamplingSpec,
@@ -59,16 +65,22 @@ class CPUEngineOptions:
         batch_wait_ms: after the first request of a batch arrives, how long to wait for more before decoding.
             verl's agent loops send a step's requests in one burst, so a few milliseconds gather all of them.
         max_batch_wait_ms: upper bound on the total gathering time while requests keep arriving.
+        burst_wait_ms: upper bound on gathering a named burst (requests with ``sample_burst_size``), from its first
+            request on. A burst normally completes within its submission's spread (about 0.3 s for 128 testbed
+            requests); the bound is reached only when some of its requests never come (one failed before reaching
+            the server, or another server took it), and the server then decodes what came, with a warning. 0 turns
+            burst gathering off: named requests are batched as they arrive, like unnamed ones.
     """
 
     num_threads: int | None = None
     batch_wait_ms: float = 5.0
     max_batch_wait_ms: float = 50.0
+    burst_wait_ms: float = 2000.0
 
     @classmethod
     def from_rollout_config(cls, config: RolloutConfig) -> CPUEngineOptions:
         raw = dict((config.engine_kwargs or {}).get(ROLLOUT_NAME) or {})
-        unknown = sorted(set(raw) - {"num_threads", "batch_wait_ms", "max_batch_wait_ms"})
+        unknown = sorted(set(raw) - {field.name for field in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"unknown key(s) under actor_rollout_ref.rollout.engine_kwargs.cpu: {unknown}")
         return cls(**raw)
@@ -81,6 +93,28 @@ class _PendingRequest:
     spec: SamplingSpec
     generator: torch.Generator = field(repr=False)
     future: asyncio.Future = field(repr=False)
+    # The named burst and its size (None, 0: the request names none), and the request's place in it.
+    burst: str | None = None
+    burst_size: int = 0
+    order: tuple[tuple[int, ...], str] = ((), "")
+
+
+def request_burst(params: dict[str, Any]) -> tuple[str | None, int]:
+    """The burst a request names (``sample_burst``) and its size (``sample_burst_size``); ``(None, 0)`` without them.
+
+    Raises:
+        ValueError: one key without the other, or a size that is not a positive integer (naming the key).
+    """
+    burst, size = params.get(SAMPLE_BURST_KEY), params.get(SAMPLE_BURST_SIZE_KEY)
+    if burst is None and size is None:
+        return None, 0
+    if burst is None or size is None:
+        raise ValueError(
+            f"sampling parameters {SAMPLE_BURST_KEY} and {SAMPLE_BURST_SIZE_KEY} go together: got {burst!r}, {size!r}"
+        )
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"sampling parameter {SAMPLE_BURST_SIZE_KEY} must be a positive integer, got {size!r}")
+    return str(burst), size
 
 
 def eos_token_ids(model_config: HFModelConfig) -> set[int]:
@@ -161,6 +195,9 @@ class CPURolloutServer:
         self._pending: list[_PendingRequest] = []
         self._batcher: asyncio.Task | None = None
         self._model_lock: asyncio.Lock | None = None
+        self._arrival: asyncio.Event | None = None
+        # Requests of each named burst already taken into a batch (a burst larger than max_num_seqs takes several).
+        self._burst_taken: dict[str, int] = {}
 
     # ------------------------------------------------------------------ generation
 
@@ -195,9 +232,14 @@ class CPURolloutServer:
         spec = sampling_spec_from_params(params, default_max_tokens=max(1, default_max_tokens))
         if spec.max_tokens > room:
             spec = dataclasses.replace(spec, max_tokens=room)
+        burst, burst_size = request_burst(params)
+        if self.options.burst_wait_ms <= 0:
+            burst, burst_size = None, 0
         generator = self.request_generator(params, prompt_ids)
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_PendingRequest(request_id, prompt_ids, spec, generator, future))
+        order = (tuple(prompt_ids), str(params.get(SAMPLE_STREAM_KEY, "")))
+        self._pending.append(_PendingRequest(request_id, prompt_ids, spec, generator, future, burst, burst_size, order))
+        self._arrived().set()
         if self._batcher is None or self._batcher.done():
             self._batcher = asyncio.create_task(self._run_batches())
         result: GenerationResult | None = await future
@@ -239,6 +281,7 @@ class CPURolloutServer:
     def _set_global_steps(self, global_steps: int) -> None:
         if global_steps != self.global_steps:
             self._unnamed_counts.clear()
+            self._burst_taken.clear()
         self.global_steps = global_steps
 
     def _lock(self) -> asyncio.Lock:
@@ -257,11 +300,62 @@ class CPURolloutServer:
                 break
             await asyncio.sleep(wait_s)
 
+    def _arrived(self) -> asyncio.Event:
+        if self._arrival is None:
+            self._arrival = asyncio.Event()
+        return self._arrival
+
+    async def _gather_named_burst(self, burst: str, size: int) -> None:
+        """Wait until every request of ``burst`` has arrived (at most ``burst_wait_ms``): woken by each arrival, no
+        polling. Decoding a burst only whole, in a fixed order, makes its batches the same in every run."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.burst_wait_ms / 1000.0
+        while True:
+            pending = sum(1 for r in self._pending if r.burst == burst)
+            if pending == 0 or pending + self._burst_taken.get(burst, 0) >= size:
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                logger.warning(
+                    "burst %s: %d of its %d requests reached this server within burst_wait_ms=%s; decoding them "
+                    "(another server took the rest, or they failed before reaching it)",
+                    burst,
+                    pending + self._burst_taken.get(burst, 0),
+                    size,
+                    self.options.burst_wait_ms,
+                )
+                return
+            self._arrived().clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived().wait(), timeout=remaining)
+
+    def _take_named_burst(self, burst: str, size: int) -> list[_PendingRequest]:
+        """The next batch of ``burst``: its pending requests in (prompt, stream) order, at most ``max_num_seqs``."""
+        members = sorted((r for r in self._pending if r.burst == burst), key=lambda r: r.order)
+        batch = members[: self.config.max_num_seqs]
+        taken = {id(r) for r in batch}
+        self._pending = [r for r in self._pending if id(r) not in taken]
+        done = self._burst_taken.get(burst, 0) + len(batch)
+        if done >= size:
+            self._burst_taken.pop(burst, None)
+        else:
+            self._burst_taken[burst] = done
+        return batch
+
     async def _run_batches(self) -> None:
         while self._pending:
-            await self._gather_burst()
-            batch = self._pending[: self.config.max_num_seqs]
-            del self._pending[: len(batch)]
+            first = self._pending[0]
+            if first.burst is not None:
+                await self._gather_named_burst(first.burst, first.burst_size)
+                batch = self._take_named_burst(first.burst, first.burst_size)
+                if not batch:  # aborted while gathering
+                    continue
+            else:
+                await self._gather_burst()
+                # Requests of named bursts wait for their own batch, whole.
+                batch = [r for r in self._pending if r.burst is None][: self.config.max_num_seqs]
+                taken = {id(r) for r in batch}
+                self._pending = [r for r in self._pending if id(r) not in taken]
             try:
                 async with self._lock():
                     results = await asyncio.to_thread(
@@ -344,6 +438,8 @@ class CPURolloutServer:
         """Answer every request that has not started decoding with ``stop_reason='aborted'``."""
         aborted = [r for r in self._pending if not r.future.done()]
         self._pending.clear()
+        self._burst_taken.clear()
+        self._arrived().set()  # a burst being gathered stops waiting for requests that are gone
         for request in aborted:
             request.future.set_result(None)
         return {"aborted_count": len(aborted), "request_ids": [r.request_id for r in aborted]}

@@ -14,7 +14,9 @@ the batch is submitted), and this loop only applies that decision:
 A batch without these fields (validation, Stage 2, a trainer without the curriculum) samples exactly like verl's
 ``single_turn_agent``. On the CPU rollout every request also names its random stream (``sampling_params
 ["sample_stream"]``, :func:`request_stream`; :mod:`recipe.acpo.seeding` explains seeded rollouts), unless its sampling
-parameters already carry a ``seed``. Every output records the temperature its request was sampled at in
+parameters already carry a ``seed``, and, where the trainer named the request's burst (one CPU server:
+``acpo_sample_burst``, ``acpo_sample_burst_size``), the burst the server decodes it with (``sample_burst``,
+``sample_burst_size``). Every output records the temperature its request was sampled at in
 ``extra_fields["acpo_temperature"]``, which the trainer reads back to count hot requests.
 
 With ``reward.reward_kwargs.score_in_agent_loop=true`` the loop also scores its response with the acpo reward
@@ -36,13 +38,15 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopOutput, register
 from verl.experimental.agent_loop.single_turn_agent_loop import SingleTurnAgentLoop
 
 from recipe.acpo.reward_manager import agent_loop_scorer, score_response
-from verl_cpu.generation import SAMPLE_STREAM_KEY
+from verl_cpu.generation import SAMPLE_BURST_KEY, SAMPLE_BURST_SIZE_KEY, SAMPLE_STREAM_KEY
 from verl_cpu.rollout import ROLLOUT_NAME as CPU_ROLLOUT_NAME
 
 __all__ = [
     "AGENT_LOOP_NAME",
     "HOT_SAMPLES_KEY",
     "HOT_TEMPERATURE_KEY",
+    "SAMPLE_BURST_FIELD",
+    "SAMPLE_BURST_SIZE_FIELD",
     "SAMPLE_STREAM_FIELD",
     "TEMPERATURE_KEY",
     "CurriculumAgentLoop",
@@ -59,6 +63,10 @@ TEMPERATURE_KEY = "acpo_temperature"
 # Per-prompt field of the batch submitted for rollout: the random-stream name of the prompt's row
 # (recipe.acpo.seeding.SampleStreamTagger).
 SAMPLE_STREAM_FIELD = "acpo_sample_stream"
+# Per-prompt fields of the batch submitted for rollout: the burst the row's requests belong to and how many requests
+# that burst sends the (only) CPU server (recipe.acpo.seeding.SampleStreamTagger).
+SAMPLE_BURST_FIELD = "acpo_sample_burst"
+SAMPLE_BURST_SIZE_FIELD = "acpo_sample_burst_size"
 
 
 def request_stream(row_stream: Any, global_steps: Any, session_id: Any) -> str | None:
@@ -126,11 +134,14 @@ class CurriculumAgentLoop(SingleTurnAgentLoop):
         )
         # The dict is shared by every request of the group: copy it rather than change the siblings' temperature.
         request_params = dict(sampling_params, temperature=temperature)
-        # Only the CPU server knows the stream key (vLLM and SGLang refuse unknown sampling parameters).
-        if getattr(self.rollout_config, "name", None) == CPU_ROLLOUT_NAME and request_params.get("seed") is None:
+        # Only the CPU server knows the stream and burst keys (vLLM and SGLang refuse unknown sampling parameters).
+        if getattr(self.rollout_config, "name", None) == CPU_ROLLOUT_NAME:
             stream = request_stream(kwargs.get(SAMPLE_STREAM_FIELD), kwargs.get("global_steps"), session_id)
-            if stream is not None:
+            if stream is not None and request_params.get("seed") is None:
                 request_params[SAMPLE_STREAM_KEY] = stream
+            if kwargs.get(SAMPLE_BURST_FIELD) is not None:
+                request_params[SAMPLE_BURST_KEY] = str(kwargs[SAMPLE_BURST_FIELD])
+                request_params[SAMPLE_BURST_SIZE_KEY] = int(kwargs[SAMPLE_BURST_SIZE_FIELD])
         output = await super().run(request_params, **kwargs)
         output.extra_fields[TEMPERATURE_KEY] = temperature
         if self.scorer is not None:

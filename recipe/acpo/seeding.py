@@ -15,6 +15,15 @@ batched and however many servers share them. The stream of one request is named 
    prompt_ids)``, a hash of the run's seed, that name and the prompt's token ids. A ``seed`` the request sets in its
    own sampling parameters wins over all of this.
 
+With one CPU rollout server (the testbed's set-up), the trainer's process also names each submission a burst: every
+prompt row gets ``acpo_sample_burst`` = ``"<stream label>:<submission within the pass>"`` and
+``acpo_sample_burst_size``, the number of requests the submission sends (its rows times n), and the agent loop passes
+both to the server (``sample_burst``, ``sample_burst_size``). The server decodes a burst only whole and in a fixed
+order (``verl_cpu.rollout``), so its batches, and the last bits of every logit and returned log-prob, are the same in
+every run: without that, requests batched as they happened to arrive gave log-probs that differed in their last bits
+(about 1e-9), which Stage 1's importance weights carry into the losses, and two runs' weights drifted apart. With
+several servers no burst is named (a server cannot know its share), and batches follow arrival as before.
+
 The trainer's process also puts every batch it samples back in submission order (:class:`SubmissionOrder`): verl
 hands over trajectories in the order they finished, and float sums in another order would let the weights, and then
 the responses, drift apart after the first step.
@@ -33,10 +42,22 @@ from tensordict import TensorDict
 from transfer_queue import KVBatchMeta
 from verl.utils import tensordict_utils as tu
 
-from recipe.acpo.agent_loop import SAMPLE_STREAM_FIELD
+from recipe.acpo.agent_loop import SAMPLE_BURST_FIELD, SAMPLE_BURST_SIZE_FIELD, SAMPLE_STREAM_FIELD
 from recipe.acpo.curriculum import _rows
 
-__all__ = ["SAMPLE_STREAM_FIELD", "SampleStreamTagger", "SubmissionOrder", "seed_rollouts"]
+__all__ = ["SAMPLE_STREAM_FIELD", "SampleStreamTagger", "SubmissionOrder", "cpu_rollout_servers", "seed_rollouts"]
+
+# verl's per-row override of the number of requests of a prompt (AgentLoopWorkerTQ._run_prompt).
+ROLLOUT_N_FIELD = "__rollout_n__"
+
+
+def cpu_rollout_servers(config: Any) -> int | None:
+    """How many CPU rollout servers a run has (one per trainer worker, ``verl_cpu.rollout.CPURolloutReplica``);
+    None when the rollout is not the CPU one."""
+    rollout = config.actor_rollout_ref.rollout
+    if rollout.get("name") != "cpu":
+        return None
+    return int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node)
 
 
 class SampleStreamTagger:
@@ -46,15 +67,26 @@ class SampleStreamTagger:
     validation dataloader batch): the duplicate rank of a prompt counts its earlier copies in the same pass.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, requests_per_prompt: tuple[int, int] | None = None) -> None:
+        """``requests_per_prompt``: (training n, validation n) to name each submission a burst of that many requests
+        per row (:data:`SAMPLE_BURST_FIELD`); None names no bursts."""
         self._pass: str | None = None
         self._seen: dict[str, int] = {}
+        self._submissions = 0
+        self.requests_per_prompt = requests_per_prompt
 
     def __call__(self, batch: TensorDict) -> TensorDict:
-        """Attach ``acpo_sample_stream`` to every prompt row of ``batch`` (in place) and return it."""
-        label = f"{'val' if bool(tu.get(batch, 'validate', False)) else 'train'}:{tu.get(batch, 'global_steps', None)}"
+        """Attach ``acpo_sample_stream`` (and the burst fields) to every row of ``batch`` (in place); return it."""
+        validate = bool(tu.get(batch, "validate", False))
+        label = f"{'val' if validate else 'train'}:{tu.get(batch, 'global_steps', None)}"
         if label != self._pass:
-            self._pass, self._seen = label, {}
+            self._pass, self._seen, self._submissions = label, {}, 0
+        if self.requests_per_prompt is not None:
+            default_n = self.requests_per_prompt[1 if validate else 0]
+            size = sum(int(n) if n is not None else default_n for n in _rows(batch, ROLLOUT_N_FIELD))
+            tu.assign_non_tensor_stack(batch, SAMPLE_BURST_FIELD, [f"{label}:{self._submissions}"] * len(batch))
+            tu.assign_non_tensor_stack(batch, SAMPLE_BURST_SIZE_FIELD, [size] * len(batch))
+            self._submissions += 1
         streams = []
         for messages in _rows(batch, "raw_prompt"):
             key = json.dumps(list(messages) if messages is not None else None, sort_keys=True, default=str)
@@ -102,12 +134,17 @@ class SubmissionOrder:
 def seed_rollouts(trainer: Any, manager: Any) -> Any:
     """Install seeded rollouts on a V1 trainer and its agent-loop manager; returns the manager.
 
-    ``manager.generate_sequences`` names the streams of each batch (:class:`SampleStreamTagger`) and records its
-    submission order, and ``trainer.replay_buffer.sample`` returns batches in that order (:class:`SubmissionOrder`),
-    for training and validation alike.
+    ``manager.generate_sequences`` names the streams of each batch (:class:`SampleStreamTagger`; with one CPU
+    rollout server, its burst too) and records its submission order, and ``trainer.replay_buffer.sample`` returns
+    batches in that order (:class:`SubmissionOrder`), for training and validation alike.
     """
     generate_sequences = manager.generate_sequences
-    tag, order = SampleStreamTagger(), SubmissionOrder()
+    config = getattr(trainer, "config", None)
+    requests_per_prompt = None
+    if config is not None and cpu_rollout_servers(config) == 1:
+        rollout = config.actor_rollout_ref.rollout
+        requests_per_prompt = (int(rollout.n), int(rollout.val_kwargs.n))
+    tag, order = SampleStreamTagger(requests_per_prompt), SubmissionOrder()
 
     def seeded_generate_sequences(batch: TensorDict, *args: Any, **kwargs: Any) -> Any:
         order.record(batch)

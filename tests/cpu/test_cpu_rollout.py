@@ -14,6 +14,8 @@ import pytest
 import torch
 
 from verl_cpu.generation import (
+    SAMPLE_BURST_KEY,
+    SAMPLE_BURST_SIZE_KEY,
     SAMPLE_STREAM_KEY,
     SamplingSpec,
     generate_batch,
@@ -277,6 +279,73 @@ def test_a_requests_response_depends_on_its_stream_not_on_arrival_order_batching
     assert groups[0] == groups[1] and len({tuple(t) for t in groups[0]}) == 3
     asyncio.run(fresh[0].set_global_steps(2))
     assert _seeded_burst(fresh[0], unnamed, [0, 1, 2]) != groups[0]
+
+
+def _staggered_burst(server: Any, requests: list[tuple[list[int], dict[str, Any]]], order: list[int]) -> list[Any]:
+    """Send ``requests`` in ``order``, 15 ms apart (longer than the server's 5 ms gathering window for unnamed
+    requests); return each request's output, in the requests' own order."""
+
+    async def one(rank: int, i: int) -> Any:
+        await asyncio.sleep(0.015 * rank)
+        return await server.generate(prompt_ids=requests[i][0], sampling_params=requests[i][1], request_id=f"r{i}")
+
+    async def burst() -> list[Any]:
+        return await asyncio.gather(*[one(rank, i) for rank, i in enumerate(order)])
+
+    by_request = dict(zip(order, asyncio.run(burst())))
+    return [by_request[i] for i in range(len(requests))]
+
+
+def test_a_named_burst_is_decoded_whole_in_a_fixed_order_whatever_the_arrival(
+    tiny_model_dir: Path, policy: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = {"temperature": 1.0, "max_tokens": 6, "ignore_eos": True, "logprobs": True}
+    streams = [(PROMPTS[i % 4], {**base, SAMPLE_STREAM_KEY: f"train:1:0:{i // 4}"}) for i in range(8)]
+    named = [
+        (prompt, {**params, SAMPLE_BURST_KEY: "train:1:0", SAMPLE_BURST_SIZE_KEY: 8}) for prompt, params in streams
+    ]
+    orders = [list(range(8)), [5, 2, 7, 0, 3, 6, 1, 4]]
+
+    # Unnamed, the staggered requests are decoded in several batches, as they arrive.
+    unnamed_server = _server(tiny_model_dir, policy)
+    _staggered_burst(unnamed_server, streams, orders[0])
+    assert len(unnamed_server.batch_sizes) > 1
+
+    # Named, the server waits for the whole burst: one batch, the same tokens and bit-identical log-probs in any order.
+    outputs = []
+    for order in orders:
+        server = _server(tiny_model_dir, policy)
+        outputs.append(_staggered_burst(server, named, order))
+        assert server.batch_sizes == [8]
+    assert [o.token_ids for o in outputs[0]] == [o.token_ids for o in outputs[1]]
+    assert [o.log_probs for o in outputs[0]] == [o.log_probs for o in outputs[1]]
+    # A burst larger than max_num_seqs is cut the same way whatever the order: 3 + 3 + 2, bit-identical again.
+    small = []
+    for order in orders:
+        server = _server(tiny_model_dir, policy, max_num_seqs=3)
+        small.append(_staggered_burst(server, named, order))
+        assert server.batch_sizes == [3, 3, 2]
+    assert [o.log_probs for o in small[0]] == [o.log_probs for o in small[1]]
+    assert [o.token_ids for o in small[0]] == [o.token_ids for o in outputs[0]]
+
+    # burst_wait_ms = 0 turns it off: the named requests are batched as they arrive.
+    eager = _server(tiny_model_dir, policy, engine_kwargs={"cpu": {"burst_wait_ms": 0}})
+    _staggered_burst(eager, named, orders[0])
+    assert len(eager.batch_sizes) > 1
+
+    # A burst whose requests do not all come is decoded after burst_wait_ms, with a warning naming it.
+    patient = _server(tiny_model_dir, policy, engine_kwargs={"cpu": {"burst_wait_ms": 100}})
+    with caplog.at_level("WARNING", logger="verl_cpu.rollout"):
+        partial = _staggered_burst(patient, named[:3], [0, 1, 2])
+    assert patient.batch_sizes == [3] and all(o.stop_reason == "completed" for o in partial)
+    assert "burst train:1:0: 3 of its 8 requests" in caplog.text
+
+    # Bad burst parameters are refused, naming the key.
+    for params in ({SAMPLE_BURST_KEY: "b", SAMPLE_BURST_SIZE_KEY: 0}, {SAMPLE_BURST_KEY: "b"}):
+        with pytest.raises(ValueError, match=SAMPLE_BURST_SIZE_KEY):
+            asyncio.run(patient.generate(prompt_ids=[1, 2], sampling_params={**base, **params}, request_id="bad"))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) under actor_rollout_ref\.rollout\.engine_kwargs\.cpu"):
+        _server(tiny_model_dir, policy, engine_kwargs={"cpu": {"burst_wait": 1}})
 
 
 def test_weight_updates_replace_the_served_policy_and_reject_foreign_weights(tiny_model_dir: Path) -> None:

@@ -207,6 +207,22 @@ def test_on_the_cpu_rollout_each_request_names_its_stream_and_a_group_is_reprodu
     assert request_stream("train:3:1", 3, None) is None  # no session: the server names the stream
 
 
+def test_on_the_cpu_rollout_a_group_of_a_named_burst_reaches_the_server_whole_with_its_own_streams(
+    cpu_server: Any, cpu_client: Any, qwen_tokenizer: Any
+) -> None:
+    from recipe.acpo.agent_loop import SAMPLE_BURST_FIELD, SAMPLE_BURST_SIZE_FIELD, SAMPLE_STREAM_FIELD
+
+    params = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}
+    fields = {SAMPLE_STREAM_FIELD: "train:4:0", "global_steps": 4}
+    unnamed = _run_group(cpu_client, qwen_tokenizer, params, {"name": "cpu"}, **fields)
+    batches_before = len(cpu_server.batch_sizes)
+    burst = {SAMPLE_BURST_FIELD: "train:4:0", SAMPLE_BURST_SIZE_FIELD: GROUP}
+    named = _run_group(cpu_client, qwen_tokenizer, params, {"name": "cpu"}, **fields, **burst)
+    assert cpu_server.batch_sizes[batches_before:] == [GROUP]
+    # The burst changes how requests are batched, not what each samples: its stream decides that.
+    assert [o.response_ids for o in named] == [o.response_ids for o in unnamed]
+
+
 def test_with_scoring_in_the_agent_loop_each_response_carries_the_acpo_reward(
     cpu_server: Any, cpu_client: Any, qwen_tokenizer: Any
 ) -> None:
