@@ -68,18 +68,20 @@ def token_text_table(tokenizer: Any) -> list[str]:
     return table
 
 
-def select_dump_rows(correct: Sequence[bool], uids: Sequence[str], max_responses: int) -> list[int]:
+def select_dump_rows(correct: Sequence[bool], prompt_keys: Sequence[str], max_responses: int) -> list[int]:
     """Indices of the responses to dump, in batch order: deterministic, correct and wrong ones alternating.
 
-    Within each outcome the rows are ordered by a hash of their prompt uid (then by position), so one step's dump
-    spreads over prompts instead of taking the first prompt's group; ``max_responses`` 0 keeps every row.
+    Within each outcome the rows are ordered by a hash of their prompt's key (then by position), so one step's dump
+    spreads over prompts instead of taking the first prompt's group; ``max_responses`` 0 keeps every row. The key is
+    the prompt's content (:func:`prompt_key`), not verl's uid, which every run draws afresh: two identical runs then
+    dump the same responses.
     """
     rows = range(len(correct))
     if max_responses <= 0 or max_responses >= len(correct):
         return list(rows)
 
     def order(row: int) -> tuple[int, int]:
-        return zlib.crc32(uids[row].encode("utf-8")), row
+        return zlib.crc32(prompt_keys[row].encode("utf-8")), row
 
     right = sorted((r for r in rows if correct[r]), key=order)
     wrong = sorted((r for r in rows if not correct[r]), key=order)
@@ -89,6 +91,11 @@ def select_dump_rows(correct: Sequence[bool], uids: Sequence[str], max_responses
             if pool and len(chosen) < max_responses:
                 chosen.append(pool.pop(0))
     return sorted(chosen)
+
+
+def prompt_key(view: ACPOBatch, row: int) -> str:
+    """The prompt of batch row ``row`` as text for :func:`select_dump_rows`: its token ids, padding left out."""
+    return ",".join(str(t) for t in view.prompt_ids[row][view.prompt_mask[row].bool()].tolist())
 
 
 def _rounded(values: torch.Tensor) -> list[float]:
@@ -117,7 +124,7 @@ def build_step_records(
     seg = result.segmentation
     adv = result.advantage
     correct = (view.scores[result.real_rows] > 0).tolist()
-    chosen = select_dump_rows(correct, [view.uids[r] for r in real_rows], max_responses)
+    chosen = select_dump_rows(correct, [prompt_key(view, r) for r in real_rows], max_responses)
     vocab = len(token_texts)
     records: list[dict[str, Any]] = []
     for r in chosen:

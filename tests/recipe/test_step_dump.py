@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -18,6 +19,7 @@ from recipe.acpo.step_dump import (
     StepDumper,
     build_step_records,
     dump_directory,
+    prompt_key,
     select_dump_rows,
     token_text_table,
     write_step_records,
@@ -158,12 +160,26 @@ def test_records_round_trip_through_the_file_with_every_field(
 
 def test_selection_is_deterministic_and_mixes_correct_and_wrong() -> None:
     correct = [True] * 6 + [False] * 2
-    uids = [f"u{i // 2}" for i in range(8)]
-    chosen = select_dump_rows(correct, uids, 3)
-    assert chosen == select_dump_rows(correct, uids, 3) == sorted(chosen)
+    prompts = [f"1,{i // 2}" for i in range(8)]
+    chosen = select_dump_rows(correct, prompts, 3)
+    assert chosen == select_dump_rows(correct, prompts, 3) == sorted(chosen)
     assert {correct[i] for i in chosen} == {True, False}
-    assert select_dump_rows(correct, uids, 0) == list(range(8))
+    assert select_dump_rows(correct, prompts, 0) == list(range(8))
     assert len(select_dump_rows([True] * 5, ["a"] * 5, 2)) == 2
+
+
+def test_two_identical_runs_dump_the_same_responses_whatever_uids_verl_draws(
+    step: tuple[ACPOBatch, ACPOStepResult], qwen_tokenizer: Any
+) -> None:
+    view, result = step
+    table = token_text_table(qwen_tokenizer)
+    runs = []
+    for run in range(8):
+        redrawn = dataclasses.replace(view, uids=[f"run{run}-{uid}" for uid in view.uids])
+        records = build_step_records(redrawn, result, table, global_step=1, stage=1, max_responses=1)
+        runs.append([(r["prompt"], r["response"]) for r in records])
+    assert len(runs[0]) == 1 and all(r == runs[0] for r in runs)
+    assert prompt_key(view, 0) != "" and "," in prompt_key(view, 0)
 
 
 def test_a_failing_write_is_counted_not_raised(
