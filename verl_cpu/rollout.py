@@ -329,12 +329,17 @@ class CPURolloutServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived().wait(), timeout=remaining)
 
+    def _take_pending(self, candidates: list[_PendingRequest]) -> list[_PendingRequest]:
+        """The first ``max_num_seqs`` of ``candidates``, removed from the pending requests."""
+        batch = candidates[: self.config.max_num_seqs]
+        taken = {id(r) for r in batch}
+        self._pending = [r for r in self._pending if id(r) not in taken]
+        return batch
+
     def _take_named_burst(self, burst: str, size: int) -> list[_PendingRequest]:
         """The next batch of ``burst``: its pending requests in (prompt, stream) order, at most ``max_num_seqs``."""
         members = sorted((r for r in self._pending if r.burst == burst), key=lambda r: r.order)
-        batch = members[: self.config.max_num_seqs]
-        taken = {id(r) for r in batch}
-        self._pending = [r for r in self._pending if id(r) not in taken]
+        batch = self._take_pending(members)
         done = self._burst_taken.get(burst, 0) + len(batch)
         if done >= size:
             self._burst_taken.pop(burst, None)
@@ -353,9 +358,7 @@ class CPURolloutServer:
             else:
                 await self._gather_burst()
                 # Requests of named bursts wait for their own batch, whole.
-                batch = [r for r in self._pending if r.burst is None][: self.config.max_num_seqs]
-                taken = {id(r) for r in batch}
-                self._pending = [r for r in self._pending if id(r) not in taken]
+                batch = self._take_pending([r for r in self._pending if r.burst is None])
             try:
                 async with self._lock():
                     results = await asyncio.to_thread(

@@ -44,6 +44,7 @@ from verl.utils import tensordict_utils as tu
 
 from recipe.acpo.agent_loop import SAMPLE_BURST_FIELD, SAMPLE_BURST_SIZE_FIELD, SAMPLE_STREAM_FIELD
 from recipe.acpo.curriculum import _rows
+from verl_cpu.rollout import ROLLOUT_NAME as CPU_ROLLOUT_NAME
 
 __all__ = ["SAMPLE_STREAM_FIELD", "SampleStreamTagger", "SubmissionOrder", "cpu_rollout_servers", "seed_rollouts"]
 
@@ -55,7 +56,7 @@ def cpu_rollout_servers(config: Any) -> int | None:
     """How many CPU rollout servers a run has (one per trainer worker, ``verl_cpu.rollout.CPURolloutReplica``);
     None when the rollout is not the CPU one."""
     rollout = config.actor_rollout_ref.rollout
-    if rollout.get("name") != "cpu":
+    if rollout.get("name") != CPU_ROLLOUT_NAME:
         return None
     return int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node)
 
